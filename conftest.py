@@ -1,0 +1,101 @@
+"""Root pytest plumbing for saetransfer.
+
+Sections:
+1. Offline by default: HF_HUB_OFFLINE is set before anything imports huggingface_hub, unless --hub.
+2. Options: --gpu, --hub, --tokens, --registry, --refresh.
+3. Session fixtures: device, dtype, run options, the registry.
+4. Markers: `gpu` tests are skipped (not deselected) without --gpu, so they stay visible in -rs.
+
+This module imports neither torch nor saetransfer at module level: jaxtyping's import hook and the
+offline switch must be in place before they are first imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+# 1. ---------------------------------------------------------------------------------------------
+# The Hub libraries read these when first imported, so set them before any plugin or test does.
+# `--hub` lifts them (the earliest hook that sees options is pytest_load_initial_conftests, which
+# runs after this module is imported; we therefore look at sys.argv directly).
+_HUB = "--hub" in sys.argv
+if not _HUB:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# 2. ---------------------------------------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("saetransfer")
+    group.addoption("--gpu", action="store_true", help="run on CUDA in bf16 and run the `gpu` pairs "
+                    "(a usage error when CUDA is absent)")
+    group.addoption("--hub", action="store_true", help="allow downloads from the HuggingFace Hub "
+                    "(default: offline; only local files and the HF cache)")
+    group.addoption("--tokens", type=int, default=None, metavar="N",
+                    help="token budget per pair, overriding the registry's n_tokens")
+    group.addoption("--registry", action="append", default=[], metavar="FILE",
+                    help="an extra pair registry (TOML) read after fixtures/pairs.toml; repeatable")
+    group.addoption("--refresh", action="store_true", help="recompute results instead of reading the cache")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError("--gpu was given but torch.cuda.is_available() is False "
+                                    "(install a CUDA build of torch, see README)")
+    tokens = config.getoption("--tokens")
+    if tokens is not None and tokens <= 0:
+        raise pytest.UsageError(f"--tokens must be positive, got {tokens}")
+    if os.environ.get("CI"):
+        from hypothesis import settings
+
+        # Deadlines on a shared 2-core CI box only produce flaky, non-actionable failures.
+        settings.register_profile("ci", deadline=None, print_blob=True)
+        settings.load_profile("ci")
+
+
+# 3. ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def device(pytestconfig: pytest.Config) -> str:
+    """`cuda` under --gpu, else `cpu`."""
+    return "cuda" if pytestconfig.getoption("--gpu") else "cpu"
+
+
+@pytest.fixture(scope="session")
+def dtype(pytestconfig: pytest.Config):
+    """Model dtype: bf16 under --gpu (fp16 overflows Gemma), fp32 on CPU. Metrics are always fp32/fp64."""
+    import torch
+
+    return torch.bfloat16 if pytestconfig.getoption("--gpu") else torch.float32
+
+
+@pytest.fixture(scope="session")
+def allow_hub(pytestconfig: pytest.Config) -> bool:
+    """Whether downloads are allowed (--hub)."""
+    return bool(pytestconfig.getoption("--hub"))
+
+
+@pytest.fixture(scope="session")
+def registry(pytestconfig: pytest.Config):
+    """All registry pairs (committed file, SAETRANSFER_REGISTRY, --registry files). Read-only."""
+    from saetransfer.registry import load_registry, registry_files
+
+    return load_registry(registry_files(pytestconfig.getoption("--registry")))
+
+
+# 4. ---------------------------------------------------------------------------------------------
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--gpu"):
+        return
+    skip_gpu = pytest.mark.skip(reason="needs --gpu (a CUDA machine; too large for a CPU run)")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip_gpu)

@@ -1,0 +1,18 @@
+"""Where things live. Paths come from this file's location, never from the current directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = REPO_ROOT / "fixtures"
+DEFAULT_REGISTRY = FIXTURES / "pairs.toml"
+ZOO = FIXTURES / "zoo"
+REPORTS = REPO_ROOT / "reports"
+RECORDS = REPORTS / "records"
+
+
+def cache_dir() -> Path:
+    """Result cache: `SAETRANSFER_CACHE` if set, else `.cache/saetransfer` in the checkout."""
+    return Path(os.environ.get("SAETRANSFER_CACHE", REPO_ROOT / ".cache" / "saetransfer"))

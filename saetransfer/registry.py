@@ -1,0 +1,397 @@
+"""The pair registry: which (base model, finetune, SAE) triples exist, as data.
+
+Entries live in TOML files (`fixtures/pairs.toml`, plus any file a user adds with `--registry` or
+`SAETRANSFER_REGISTRY`) and become frozen dataclasses here. Local paths in a file are relative to
+that file. Every malformed entry raises `RegistryError` naming the file, the entry and the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from saetransfer.paths import DEFAULT_REGISTRY
+
+Verdict = Literal["transfers", "partial", "fails", "not comparable", "unusable"]
+VERDICTS: tuple[str, ...] = get_args(Verdict)
+
+# ids: lowercase slug, `__` between base and finetune, nothing a shell, `-k` or a file name chokes on
+_PAIR_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*__[a-z0-9][a-z0-9.-]*$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+class RegistryError(ValueError):
+    """A registry file or entry is malformed; the message names the file, entry and field."""
+
+
+class UnknownPairError(KeyError):
+    """No registry entry has the requested id."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A language model: a Hub repo id or a local HF checkpoint directory."""
+
+    hub: str | None = None
+    """HF repo id, e.g. `google/gemma-2b`."""
+    path: Path | None = None
+    """Local HF checkpoint directory (config.json, weights, tokenizer)."""
+    tl_name: str | None = None
+    """TransformerLens official name, for Hub models TL knows (e.g. `gpt2-small`)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit); None means the default branch, recorded when resolved."""
+    trust_remote_code: bool = False
+    """Run the repo's own modelling code. Never on unless an entry says so."""
+
+    @property
+    def is_local(self) -> bool:
+        return self.path is not None
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        return f"{self.hub}@{self.revision}" if self.revision else str(self.hub)
+
+
+@dataclass(frozen=True)
+class SaeSource:
+    """An SAE: a SAELens release + id, or a local SAELens directory (cfg.json + weights)."""
+
+    name: str
+    """Short slug used in test ids and reports."""
+    release: str | None = None
+    sae_id: str | None = None
+    path: Path | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.path is not None
+
+    def describe(self) -> str:
+        return str(self.path) if self.path is not None else f"{self.release}/{self.sae_id}"
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Evaluation text or tokens: a Hub dataset or a local file (parquet/json/arrow dir)."""
+
+    hub: str | None = None
+    path: Path | None = None
+    config: str | None = None
+    """Hub dataset config name (e.g. a fineweb sample)."""
+    split: str = "train"
+    column: str = "text"
+    """`text` is tokenized with the base tokenizer; `input_ids`/`tokens` are used as they are."""
+    revision: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.path is not None
+
+    @property
+    def pretokenized(self) -> bool:
+        return self.column in ("input_ids", "tokens")
+
+    def describe(self) -> str:
+        return str(self.path) if self.path is not None else f"{self.hub}:{self.split}"
+
+
+@dataclass(frozen=True)
+class OutlierPolicy:
+    """Which activations count as norm outliers (Kissane et al.; the post §4.1).
+
+    Exactly one of the two is set. Thresholds are fitted on the base model and applied unchanged to
+    the finetune, so both models lose the same kind of position.
+    """
+
+    relative: float | None = 2.0
+    """Outlier if ||x|| > relative * (mean ||x|| of the base model's non-BOS positions)."""
+    absolute: float | None = None
+    """Outlier if ||x|| > absolute, in raw norm units (the post used 200 for Mistral)."""
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a published source says about a pair."""
+
+    verdict: Verdict
+    source: str
+    extrapolated: bool = False
+    """True when the source studied a neighbouring setting (another SAE, layer or checkpoint)."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One registry entry: a base model, its finetune and a base SAE at one hook."""
+
+    id: str
+    base: ModelSource
+    finetune: ModelSource
+    sae: SaeSource
+    hook: str
+    dataset: DatasetSource
+    context_size: int | None = None
+    """Tokens per row; None takes the SAE's training context."""
+    prepend_bos: bool | None = None
+    """None takes the SAE's training setting (Mistral's SAE was trained without BOS)."""
+    n_tokens: int = 65_536
+    """Default token budget of the shared sample (the `--tokens` option overrides it)."""
+    batch_size: int = 8
+    """Prompts per forward pass."""
+    seed: int = 0
+    outliers: OutlierPolicy = field(default_factory=OutlierPolicy)
+    expected: Expectation | None = None
+    native_sae: SaeSource | None = None
+    """An SAE trained on the finetune itself: Kissane et al.'s reference point."""
+    needs_gpu: bool = False
+    """Too large for a CPU run; its tests carry the `gpu` marker."""
+    description: str = ""
+    source_file: Path | None = field(default=None, compare=False)
+
+    @property
+    def test_id(self) -> str:
+        """Pair, SAE and hook: a second SAE or layer for a pair adds an id, it renames none."""
+        return f"{self.id}-{self.sae.name}-{self.hook}"
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.id.startswith("tiny-")
+
+    @property
+    def needs_hub(self) -> bool:
+        sources: list[Any] = [self.base, self.finetune, self.sae, self.dataset]
+        if self.native_sae is not None:
+            sources.append(self.native_sae)
+        return any(not s.is_local for s in sources)
+
+    @property
+    def layer(self) -> int:
+        """Block index of the hook (`blocks.6.hook_resid_post` -> 6)."""
+        return int(self.hook.split(".")[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing
+
+
+def _fail(where: str, message: str) -> RegistryError:
+    return RegistryError(f"{where}: {message}")
+
+
+def _table(raw: Mapping[str, Any], key: str, where: str, required: bool = True) -> dict[str, Any] | None:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            raise _fail(where, f"missing required field '{key}'")
+        return None
+    if not isinstance(value, Mapping):
+        raise _fail(where, f"field '{key}' must be a table, got {type(value).__name__}")
+    return dict(value)
+
+
+def _check_keys(raw: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise _fail(where, f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _typed(raw: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = None) -> Any:
+    if key not in raw:
+        return default
+    value = raw[key]
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise _fail(where, f"field '{key}' must be a number, got a boolean")
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise _fail(where, f"field '{key}' must be {names}, got {value!r}")
+    return value
+
+
+def _path(raw: Mapping[str, Any], base_dir: Path, where: str) -> Path | None:
+    value = _typed(raw, "path", str, where)
+    return None if value is None else (base_dir / value).resolve()
+
+
+def _one_of(raw: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
+    present = [k for k in keys if raw.get(k) is not None]
+    if len(present) != 1:
+        raise _fail(where, f"give exactly one of {list(keys)}, got {present or 'none'}")
+
+
+def _model(raw: Mapping[str, Any], base_dir: Path, where: str) -> ModelSource:
+    _check_keys(raw, ("hub", "path", "tl_name", "revision", "trust_remote_code"), where)
+    _one_of(raw, ("hub", "path"), where)
+    return ModelSource(
+        hub=_typed(raw, "hub", str, where),
+        path=_path(raw, base_dir, where),
+        tl_name=_typed(raw, "tl_name", str, where),
+        revision=_typed(raw, "revision", str, where),
+        trust_remote_code=_typed(raw, "trust_remote_code", bool, where, False),
+    )
+
+
+def _sae(raw: Mapping[str, Any], base_dir: Path, where: str) -> SaeSource:
+    _check_keys(raw, ("name", "release", "id", "path"), where)
+    _one_of(raw, ("release", "path"), where)
+    if raw.get("release") is not None and raw.get("id") is None:
+        raise _fail(where, "field 'id' is required with 'release' (the SAELens sae_id)")
+    name = _typed(raw, "name", str, where, raw.get("release"))
+    if name is None:
+        raise _fail(where, "field 'name' is required for a local SAE (a slug for test ids)")
+    if not _SLUG.match(name):
+        raise _fail(where, f"field 'name' {name!r} must be a lowercase slug [a-z0-9._-]")
+    return SaeSource(
+        name=name,
+        release=_typed(raw, "release", str, where),
+        sae_id=_typed(raw, "id", str, where),
+        path=_path(raw, base_dir, where),
+    )
+
+
+def _dataset(raw: Mapping[str, Any], base_dir: Path, where: str) -> DatasetSource:
+    _check_keys(raw, ("hub", "path", "config", "split", "column", "revision"), where)
+    _one_of(raw, ("hub", "path"), where)
+    return DatasetSource(
+        hub=_typed(raw, "hub", str, where),
+        path=_path(raw, base_dir, where),
+        config=_typed(raw, "config", str, where),
+        split=_typed(raw, "split", str, where, "train"),
+        column=_typed(raw, "column", str, where, "text"),
+        revision=_typed(raw, "revision", str, where),
+    )
+
+
+def _outliers(raw: Mapping[str, Any] | None, where: str) -> OutlierPolicy:
+    if raw is None:
+        return OutlierPolicy()
+    _check_keys(raw, ("relative", "absolute"), where)
+    _one_of(raw, ("relative", "absolute"), where)
+    relative = _typed(raw, "relative", (int, float), where)
+    absolute = _typed(raw, "absolute", (int, float), where)
+    for key, value in (("relative", relative), ("absolute", absolute)):
+        if value is not None and value <= 0:
+            raise _fail(where, f"field '{key}' must be positive, got {value}")
+    return OutlierPolicy(
+        relative=None if relative is None else float(relative),
+        absolute=None if absolute is None else float(absolute),
+    )
+
+
+def _expectation(raw: Mapping[str, Any] | None, where: str) -> Expectation | None:
+    if raw is None:
+        return None
+    _check_keys(raw, ("verdict", "source", "extrapolated"), where)
+    verdict = _typed(raw, "verdict", str, where)
+    if verdict not in VERDICTS:
+        raise _fail(where, f"field 'verdict' must be one of {list(VERDICTS)}, got {verdict!r}")
+    source = _typed(raw, "source", str, where)
+    if not source:
+        raise _fail(where, "field 'source' is required: say where the expectation comes from")
+    return Expectation(verdict=verdict, source=source, extrapolated=_typed(raw, "extrapolated", bool, where, False))
+
+
+_PAIR_KEYS = (
+    "id", "base", "finetune", "sae", "native_sae", "hook", "dataset", "context_size", "prepend_bos",
+    "n_tokens", "batch_size", "seed", "outliers", "expected", "needs_gpu", "description",
+)
+
+
+def parse_pair(raw: Mapping[str, Any], base_dir: Path, where: str) -> Pair:
+    """Turn one `[[pair]]` table into a `Pair`, or raise `RegistryError` naming the field."""
+    pair_id = _typed(raw, "id", str, where)
+    if pair_id is None:
+        raise _fail(where, "missing required field 'id'")
+    where = f"{where} ({pair_id})"
+    if not _PAIR_ID.match(pair_id):
+        raise _fail(where, "field 'id' must be a lowercase slug with '__' between base and finetune, "
+                    "e.g. 'gemma-2b__python-codes' (never an HF path)")
+    _check_keys(raw, _PAIR_KEYS, where)
+    hook = _typed(raw, "hook", str, where)
+    if hook is None or not re.match(r"^blocks\.\d+\.hook_[a-z_]+$", hook):
+        raise _fail(where, f"field 'hook' must look like 'blocks.6.hook_resid_post', got {hook!r}")
+    native = _table(raw, "native_sae", where, required=False)
+    positive = {}
+    for key, default in (("context_size", None), ("n_tokens", 65_536), ("batch_size", 8)):
+        value = _typed(raw, key, int, where, default)
+        if value is not None and value <= 0:
+            raise _fail(where, f"field '{key}' must be a positive integer, got {value}")
+        positive[key] = value
+    return Pair(
+        id=pair_id,
+        base=_model(_table(raw, "base", where) or {}, base_dir, f"{where} field 'base'"),
+        finetune=_model(_table(raw, "finetune", where) or {}, base_dir, f"{where} field 'finetune'"),
+        sae=_sae(_table(raw, "sae", where) or {}, base_dir, f"{where} field 'sae'"),
+        native_sae=None if native is None else _sae(native, base_dir, f"{where} field 'native_sae'"),
+        hook=hook,
+        dataset=_dataset(_table(raw, "dataset", where) or {}, base_dir, f"{where} field 'dataset'"),
+        prepend_bos=_typed(raw, "prepend_bos", bool, where),
+        seed=_typed(raw, "seed", int, where, 0),
+        outliers=_outliers(_table(raw, "outliers", where, required=False), f"{where} field 'outliers'"),
+        expected=_expectation(_table(raw, "expected", where, required=False), f"{where} field 'expected'"),
+        needs_gpu=_typed(raw, "needs_gpu", bool, where, False),
+        description=_typed(raw, "description", str, where, ""),
+        **positive,
+    )
+
+
+def parse_registry_file(path: Path) -> tuple[Pair, ...]:
+    """Parse one TOML registry file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RegistryError(f"registry file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise RegistryError(f"{path}: not valid TOML: {err}") from err
+    _check_keys(data, ("pair",), str(path))
+    entries = data.get("pair", [])
+    if not isinstance(entries, list):
+        raise RegistryError(f"{path}: 'pair' must be an array of tables ([[pair]])")
+    pairs = []
+    for index, raw in enumerate(entries):
+        pair = parse_pair(raw, path.parent, f"{path} [[pair]] #{index + 1}")
+        pairs.append(Pair(**{**pair.__dict__, "source_file": path}))
+    return tuple(pairs)
+
+
+def registry_files(extra: Sequence[Path | str] = ()) -> list[Path]:
+    """The committed registry, then files named in `SAETRANSFER_REGISTRY` (os.pathsep-separated), then `extra`."""
+    env = [Path(p) for p in os.environ.get("SAETRANSFER_REGISTRY", "").split(os.pathsep) if p]
+    return [DEFAULT_REGISTRY, *env, *(Path(p) for p in extra)]
+
+
+def load_registry(files: Sequence[Path | str] | None = None) -> tuple[Pair, ...]:
+    """All pairs from `files` (default: `registry_files()`); test ids must be unique across files."""
+    pairs: list[Pair] = []
+    seen: dict[str, Path | None] = {}
+    for file in registry_files() if files is None else [Path(f) for f in files]:
+        for pair in parse_registry_file(file):
+            if pair.test_id in seen:
+                raise RegistryError(
+                    f"duplicate test id {pair.test_id!r} in {file} (first defined in {seen[pair.test_id]}); "
+                    "give the entry another SAE name or pair id")
+            seen[pair.test_id] = file
+            pairs.append(pair)
+    return tuple(pairs)
+
+
+def get_pair(pairs: Sequence[Pair], key: str) -> Pair:
+    """The pair whose id or test id is `key`; an unknown key suggests the closest ids."""
+    matches = [p for p in pairs if key in (p.id, p.test_id)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise UnknownPairError(f"pair id {key!r} is ambiguous; use one of {[p.test_id for p in matches]}")
+    known = sorted({p.id for p in pairs} | {p.test_id for p in pairs})
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f" Did you mean {close}?" if close else ""
+    raise UnknownPairError(f"unknown pair id {key!r}.{hint} Known ids: {sorted({p.id for p in pairs})}")
