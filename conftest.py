@@ -2,7 +2,7 @@
 
 Sections:
 1. Offline by default: HF_HUB_OFFLINE is set before anything imports huggingface_hub, unless --hub.
-2. Options: --gpu, --hub, --tokens, --registry, --refresh.
+2. Options: --gpu, --hub, --tokens, --registry, --refresh, --require-snapshots.
 3. Session fixtures: device, dtype, run options, the registry.
 4. Markers: `gpu` tests are skipped (not deselected) without --gpu, so they stay visible in -rs.
 
@@ -42,6 +42,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--registry", action="append", default=[], metavar="FILE",
                     help="an extra pair registry (TOML) read after fixtures/pairs.toml; repeatable")
     group.addoption("--refresh", action="store_true", help="recompute results instead of reading the cache")
+    group.addoption("--require-snapshots", action="store_true",
+                    help="fail findings that have no snapshot yet (the test suite does; the evidence run "
+                    "writes nothing and only lists them)")
 
 
 def pytest_configure(config: pytest.Config) -> None:

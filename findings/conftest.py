@@ -1,0 +1,199 @@
+"""Findings plumbing: one parametrized test per (claim family, registry pair).
+
+Sections:
+1. Parametrization: every test taking `pair` runs once per registry entry, id = the pair's test id.
+   Real pairs carry `gpu`/`hub` markers; unavailable ones are skipped with the reason, never dropped.
+2. `result`: the pair's PairResult from the keyed cache (computed once, even across xdist workers).
+3. `metrics_snapshot`: rounded JSON snapshots, one file per test id and run configuration, compared
+   with a per-metric tolerance; a missing snapshot does not fail the evidence run.
+4. Records and the report: every finding writes its outcome; the controller renders the report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from syrupy.extensions.json import JSONSnapshotExtension
+
+# 1. ---------------------------------------------------------------------------------------------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "pair" not in metafunc.fixturenames:
+        return
+    from saetransfer.registry import load_registry, registry_files
+
+    pairs = load_registry(registry_files(metafunc.config.getoption("--registry")))
+    params = []
+    for pair in pairs:
+        marks = [pytest.mark.gpu] if pair.needs_gpu else []
+        if pair.needs_hub:
+            marks.append(pytest.mark.hub)
+        params.append(pytest.param(pair, id=pair.test_id, marks=marks))
+    metafunc.parametrize("pair", params)
+
+
+@pytest.fixture(scope="session")
+def run_config(pytestconfig: pytest.Config, device: str, dtype: Any) -> Any:
+    """How pairs are evaluated in this session (token budget comes per pair, see `result`)."""
+    return {"device": device, "dtype": str(dtype).removeprefix("torch."), "allow_hub": pytestconfig.getoption("--hub"),
+            "tokens": pytestconfig.getoption("--tokens"), "refresh": pytestconfig.getoption("--refresh")}
+
+
+# 2. ---------------------------------------------------------------------------------------------
+_RESULTS: dict[str, Any] = {}
+
+
+@pytest.fixture
+def result(pair: Any, run_config: dict[str, Any], pytestconfig: pytest.Config) -> Any:
+    """The pair's PairResult (read-only). Skips with the reason when the pair cannot run here."""
+    from saetransfer.engine import RunConfig, run
+    from saetransfer.loading import availability
+    from saetransfer.records import write_record, write_skip
+
+    config = RunConfig(n_tokens=run_config["tokens"] or pair.n_tokens, device=run_config["device"],
+                       dtype=run_config["dtype"], allow_hub=run_config["allow_hub"],
+                       progress=pytestconfig.getoption("verbose") > 0)
+    if pair.test_id not in _RESULTS:
+        reason = availability(pair, allow_hub=config.allow_hub)
+        if reason is not None:
+            write_skip(records_dir(pytestconfig), pair, reason)
+            pytest.skip(reason)
+        refresh = run_config["refresh"] and pair.test_id not in _RESULTS
+        _RESULTS[pair.test_id] = run(pair, config, refresh=refresh)
+        write_record(records_dir(pytestconfig), pair, _RESULTS[pair.test_id])
+    return _RESULTS[pair.test_id]
+
+
+@pytest.fixture
+def comparable_result(result: Any) -> Any:
+    """The result, skipping findings 2-4 for pairs whose tokenizers differ (the seed fed wrong ids)."""
+    if not result.comparable:
+        pytest.skip(f"not comparable: {result.compatibility['reason']}")
+    return result
+
+
+def records_dir(config: pytest.Config) -> Path:
+    from saetransfer.paths import RECORDS
+
+    return RECORDS
+
+
+# 3. ---------------------------------------------------------------------------------------------
+SIGNIFICANT_DIGITS = 4
+"""Floats are stored to 4 significant digits: readable diffs, and far coarser than CPU-to-CPU noise."""
+
+TOLERANCES: tuple[tuple[str, float, float], ...] = (
+    # (key pattern, relative, absolute). A fresh value within tolerance of the stored one is
+    # compared as the stored one, so a rounding boundary or another CPU's summation order does not
+    # flip a snapshot while a real drift still fails with a one-line diff. First match wins.
+    (r"kl_|dropped_vocab", 0.05, 1e-4),       # small positive numbers: relative noise is large
+    (r"score|recovered|correlation|fraction", 0.0, 2e-3),  # bounded ratios near 1
+    (r"cosine|r2|explained_variance", 0.0, 1e-3),
+    (r".*", 2e-3, 1e-6),                      # losses, norms, L0, MSE
+)
+
+
+def _tolerance(key: str) -> tuple[float, float]:
+    for pattern, rel, abs_ in TOLERANCES:
+        if re.search(pattern, key):
+            return rel, abs_
+    raise AssertionError("unreachable: the last pattern matches everything")
+
+
+def snap_to_stored(fresh: Any, stored: Any, key: str = "") -> Any:
+    """`fresh` with each float replaced by the stored value when within that metric's tolerance."""
+    if isinstance(fresh, dict) and isinstance(stored, dict):
+        return {k: snap_to_stored(v, stored.get(k), k) for k, v in fresh.items()}
+    if isinstance(fresh, float) and isinstance(stored, (int, float)) and not isinstance(stored, bool):
+        if math.isnan(fresh):
+            return fresh
+        rel, abs_ = _tolerance(key)
+        if abs(fresh - stored) <= abs_ + rel * abs(stored):
+            return float(stored)
+    return fresh
+
+
+class RoundedJSONExtension(JSONSnapshotExtension):
+    """One JSON file per test id and configuration; floats to SIGNIFICANT_DIGITS, NaN as a string."""
+
+    def serialize(self, data: Any, *, exclude: Any = None, include: Any = None, matcher: Any = None) -> Any:
+        def rounding(data: Any, path: Any) -> Any:
+            value = matcher(data=data, path=path) if matcher else data
+            if isinstance(value, float) and not isinstance(value, bool):
+                return float(f"{value:.{SIGNIFICANT_DIGITS}g}") if math.isfinite(value) else str(value)
+            return value
+
+        return super().serialize(data, exclude=exclude, include=include, matcher=rounding)
+
+
+@pytest.fixture
+def metrics_snapshot(snapshot: Any, pair: Any, run_config: dict[str, Any], request: pytest.FixtureRequest) -> Any:
+    """Compare a dict of metrics with its snapshot for this run configuration (token budget, device, dtype)."""
+    tag = f"{run_config['tokens'] or pair.n_tokens}tok-{run_config['device']}-{run_config['dtype']}"
+    assertion = snapshot.with_defaults(extension_class=RoundedJSONExtension)(name=tag)
+    config = request.config
+    updating = config.option.update_snapshots or getattr(config.option, "update_snapshots_new_only", False)
+
+    def check(metrics: dict[str, Any]) -> None:
+        location = Path(assertion.extension.get_location(test_location=assertion.test_location, index=tag))
+        stored = json.loads(location.read_text()) if location.exists() else None
+        if stored is None and not updating:
+            if config.getoption("--require-snapshots"):
+                pytest.fail(f"no snapshot for {request.node.name} [{tag}]; write it with: "
+                            f"pytest findings --snapshot-update-new-only -k '{pair.test_id}'")
+            request.node.user_properties.append(("new_snapshot", tag))
+            return
+        assert assertion == snap_to_stored(metrics, stored)
+
+    return check
+
+
+# 4. ---------------------------------------------------------------------------------------------
+# Outcomes and new-snapshot notes travel to the controller on the test reports (user_properties
+# survive xdist; config.stash does not), and only the controller writes the report.
+_OUTCOMES: dict[str, dict[str, dict[str, str]]] = {}
+_NEW_SNAPSHOTS: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    match = re.match(r".*::test_(finding\d\w*)\[(.+)\]$", report.nodeid)
+    if not match or (report.when != "call" and not (report.when == "setup" and report.outcome != "passed")):
+        return
+    finding, test_id = match.groups()
+    reason = report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple) else ""
+    _OUTCOMES.setdefault(test_id, {})[finding] = {"outcome": report.outcome, "reason": str(reason)}
+    _NEW_SNAPSHOTS.extend(f"{report.nodeid} [{v}]" for k, v in report.user_properties if k == "new_snapshot")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput") or not _OUTCOMES:
+        return
+    from saetransfer.paths import REPORTS
+    from saetransfer.records import merge_outcomes
+    from saetransfer.report import render_report
+
+    merge_outcomes(records_dir(session.config), _OUTCOMES)
+    render_report(records_dir(session.config), REPORTS)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if hasattr(config, "workerinput") or not _OUTCOMES:
+        return
+    from saetransfer.paths import REPORTS
+    from saetransfer.report import verdict_table
+
+    terminalreporter.write_sep("=", "which pairs transfer")
+    terminalreporter.write_line(verdict_table(records_dir(config)))
+    terminalreporter.write_line(f"report: {REPORTS / 'README.md'} and {REPORTS / 'report.html'}")
+    if _NEW_SNAPSHOTS:
+        terminalreporter.write_sep("-", f"{len(_NEW_SNAPSHOTS)} findings have no snapshot yet")
+        for node in _NEW_SNAPSHOTS:
+            terminalreporter.write_line(f"  {node}")
+        terminalreporter.write_line("write them with: pytest findings --snapshot-update-new-only [-k ID]; "
+                                    "the new files are what a reviewer reads")

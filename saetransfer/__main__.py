@@ -1,0 +1,103 @@
+"""Command line: `python -m saetransfer {evidence,run,report,pairs,zoo} ...`.
+
+- evidence [PYTEST ARGS]  the main job: run the findings (tiny zoo by default) and write the report
+- run PAIR                a pair's full result as JSON, for scripts and notebooks
+- report                  re-render reports/ from the records on disk, without recomputing
+- pairs                   list the registry
+- zoo build|install|verify   the embedded tiny model zoo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _offline_unless(allow_hub: bool) -> None:
+    if not allow_hub:
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ.setdefault(var, "1")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def _evidence(args: list[str]) -> int:
+    import pytest
+
+    from saetransfer.paths import REPO_ROOT, REPORTS
+
+    code = pytest.main([str(REPO_ROOT / "findings"), "-p", "no:randomly", *args])
+    print(f"\nreport: {REPORTS / 'README.md'}  (HTML: {REPORTS / 'report.html'})")
+    return int(code)
+
+
+def _run(ns: argparse.Namespace) -> int:
+    from saetransfer.engine import RunConfig, run
+    from saetransfer.registry import get_pair, load_registry, registry_files
+
+    pair = get_pair(load_registry(registry_files(ns.registry)), ns.pair)
+    device = "cuda" if ns.gpu else "cpu"
+    config = RunConfig(n_tokens=ns.tokens or pair.n_tokens, device=device,
+                       dtype="bfloat16" if ns.gpu else "float32", allow_hub=ns.hub, progress=True)
+    result = run(pair, config, refresh=ns.refresh)
+    print(result.to_json())
+    return 0
+
+
+def _report() -> int:
+    from saetransfer.paths import RECORDS, REPORTS
+    from saetransfer.report import render_report, verdict_table
+
+    render_report(RECORDS, REPORTS)
+    print(verdict_table(RECORDS))
+    print(f"report: {REPORTS / 'README.md'}")
+    return 0
+
+
+def _pairs(ns: argparse.Namespace) -> int:
+    from saetransfer.registry import load_registry, registry_files
+
+    for pair in load_registry(registry_files(ns.registry)):
+        expected = pair.expected.verdict if pair.expected else "-"
+        where = "gpu" if pair.needs_gpu else ("hub" if pair.needs_hub else "local")
+        print(f"{pair.test_id:70s} {where:5s} expected: {expected}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["evidence"]:  # everything after goes to pytest untouched
+        _offline_unless("--hub" in argv)
+        return _evidence(argv[1:])
+    if argv[:1] == ["zoo"]:
+        _offline_unless(False)
+        from saetransfer.zoo.cli import main as zoo_main
+
+        return zoo_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m saetransfer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("evidence", help="run the findings and write the report (args go to pytest)")
+    sub.add_parser("zoo", help="build, install or verify the tiny model zoo")
+    run = sub.add_parser("run", help="print one pair's full result as JSON")
+    run.add_argument("pair", help="pair id or test id (see `pairs`)")
+    run.add_argument("--tokens", type=int, default=None)
+    run.add_argument("--gpu", action="store_true")
+    run.add_argument("--hub", action="store_true")
+    run.add_argument("--refresh", action="store_true")
+    run.add_argument("--registry", action="append", default=[])
+    sub.add_parser("report", help="re-render reports/ from records")
+    pairs = sub.add_parser("pairs", help="list the registry")
+    pairs.add_argument("--registry", action="append", default=[])
+    ns = parser.parse_args(argv)
+    _offline_unless(getattr(ns, "hub", False))
+    if ns.command == "run":
+        return _run(ns)
+    if ns.command == "report":
+        return _report()
+    return _pairs(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The streaming engine on tiny random models: cross-checked against SAELens `run_evals`, exact cases.
+
+These build models in memory (no zoo, no loading), so they pin the engine's arithmetic alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from saetransfer import engine
+from saetransfer.registry import DatasetSource, ModelSource, OutlierPolicy, Pair, SaeSource
+
+D_MODEL, D_VOCAB, CTX, BOS = 32, 97, 16, 0
+
+
+def tiny_model(seed: int = 0, d_vocab: int = D_VOCAB):
+    from sae_lens import HookedSAETransformer
+    from transformer_lens import HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=D_MODEL, d_head=8, n_heads=4, d_mlp=64, d_vocab=d_vocab,
+                                  n_ctx=CTX, act_fn="gelu", normalization_type="LN", seed=seed, device="cpu")
+    model = HookedSAETransformer(cfg)
+    model.eval()
+    return model
+
+
+def standard_sae(seed: int = 0, d_sae: int = 64, identity: bool = False):
+    from sae_lens import SAE
+
+    sae = SAE.from_dict({"architecture": "standard", "d_in": D_MODEL, "d_sae": d_sae, "dtype": "float32",
+                         "device": "cpu", "apply_b_dec_to_input": False,
+                         "metadata": {"hook_name": "blocks.1.hook_resid_pre", "context_size": CTX,
+                                      "prepend_bos": True, "model_name": "tiny"}})
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if identity:  # relu(x) - relu(-x) = x: exact reconstruction
+            eye = torch.eye(D_MODEL)
+            sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+            sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+            sae.b_enc.zero_()
+            sae.b_dec.zero_()
+        else:
+            sae.W_enc.copy_(torch.randn(D_MODEL, d_sae, generator=gen) / D_MODEL**0.5)
+            sae.W_dec.copy_(sae.W_enc.T.clone())
+            sae.b_enc.copy_(-0.1 * torch.rand(d_sae, generator=gen))
+    return sae
+
+
+def loaded(model, d_vocab: int = D_VOCAB):
+    return SimpleNamespace(model=model, d_vocab=d_vocab, revision=None)
+
+
+def loaded_sae(sae):
+    return SimpleNamespace(sae=sae, d_in=D_MODEL, d_sae=sae.cfg.d_sae, architecture="standard")
+
+
+TOKENIZER = SimpleNamespace(bos_token_id=BOS, eos_token_id=None, pad_token_id=None, all_special_ids=[BOS],
+                            decode=lambda ids: " ".join(str(int(i)) for i in ids))
+
+
+def tokens(rows: int = 24, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randint(1, D_VOCAB, (rows, CTX), generator=gen)
+    t[:, 0] = BOS
+    return t
+
+
+def pair(batch_size: int = 8, relative: float = 100.0) -> Pair:
+    src = ModelSource(path=None, hub="x/y")
+    return Pair(id="t__t", base=src, finetune=src, sae=SaeSource(name="s", path=None, release="r", sae_id="i"),
+                hook="blocks.1.hook_resid_pre", dataset=DatasetSource(hub="d"), batch_size=batch_size,
+                outliers=OutlierPolicy(relative=relative))
+
+
+def stream(base, ft, sae, toks, native=None, **kw):
+    config = engine.RunConfig(n_tokens=toks.numel(), progress=False)
+    with torch.inference_mode():
+        return engine._stream(pair(**kw), config, toks, base, ft, sae, native, TOKENIZER)
+
+
+@pytest.fixture(scope="module")
+def models():
+    base = tiny_model(0)
+    ft = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in ft.blocks[0].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return base, ft
+
+
+def test_run_evals_agrees_on_the_same_tokens(models):
+    """L0, explained variance, MSE, CE with/without SAE and KL match sae_lens.evals.run_evals."""
+    from datasets import Dataset
+    from sae_lens import ActivationsStore
+    from sae_lens.evals import EvalConfig, run_evals
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    _, ft = models
+    sae = standard_sae()
+    toks = tokens(rows=16)
+    ours = stream(loaded(ft), loaded(ft), loaded_sae(sae), toks)["sae"]["base"]
+    store = ActivationsStore.from_sae(model=ft, sae=sae, dataset=Dataset.from_dict({"input_ids": toks.tolist()}),
+                                      context_size=CTX, streaming=False, store_batch_size_prompts=16,
+                                      n_batches_in_buffer=4, train_batch_size_tokens=64, device="cpu")
+    theirs, _ = run_evals(sae=sae, activation_store=store, model=ft, activation_scaler=ActivationScaler(),
+                          eval_config=EvalConfig(batch_size_prompts=16, n_eval_reconstruction_batches=1,
+                                                 n_eval_sparsity_variance_batches=1, compute_kl=True,
+                                                 compute_ce_loss=True, compute_sparsity_metrics=True,
+                                                 compute_variance_metrics=True), exclude_special_tokens=[BOS])
+    checks = {
+        "l0": theirs["sparsity"]["l0"], "explained_variance": theirs["reconstruction_quality"]["explained_variance"],
+        "mse": theirs["reconstruction_quality"]["mse"],
+        "ce_clean": theirs["model_performance_preservation"]["ce_loss_without_sae"],
+        "ce_spliced": theirs["model_performance_preservation"]["ce_loss_with_sae"],
+        "ce_ablation": theirs["model_performance_preservation"]["ce_loss_with_ablation"],
+        "kl_spliced": theirs["model_behavior_preservation"]["kl_div_with_sae"],
+    }
+    for key, expected in checks.items():
+        assert ours[key] == pytest.approx(expected, rel=2e-3, abs=1e-4), key
+
+
+def test_identity_pair_and_exact_sae(models):
+    """Same model twice with a lossless SAE: cosine 1, EV 1, KL 0, CE recovered 1, equal sides."""
+    base, _ = models
+    out = stream(loaded(base), loaded(base), loaded_sae(standard_sae(identity=True, d_sae=2 * D_MODEL)), tokens())
+    sim, b, f = out["similarity"], out["sae"]["base"], out["sae"]["finetune"]
+    assert sim["cosine_mean"] == pytest.approx(1.0, abs=1e-6) and sim["distance_mean"] == pytest.approx(0, abs=1e-5)
+    assert b["explained_variance"] == pytest.approx(1.0, abs=1e-6) and b["kl_spliced"] == pytest.approx(0, abs=1e-6)
+    assert b["ce_loss_score"] == pytest.approx(1.0, abs=1e-5)
+    assert b == f
+    corr = out["features"]["buckets"]["regular"]["activation_correlation"]
+    assert corr["n_nan"] == 0 and (corr["n"] == 0 or corr["mean"] == pytest.approx(1.0))
+
+
+def test_streaming_does_not_depend_on_batch_size(models):
+    """Accumulating over batches equals the one-shot computation (one batch holding every row)."""
+    base, ft = models
+    sae = loaded_sae(standard_sae())
+    toks = tokens()
+    small = stream(loaded(base), loaded(ft), sae, toks, batch_size=4)
+    whole = stream(loaded(base), loaded(ft), sae, toks, batch_size=toks.shape[0])
+    for key in ("l0", "explained_variance", "ce_spliced", "kl_spliced", "r2_global", "mse"):
+        assert small["sae"]["finetune"][key] == pytest.approx(whole["sae"]["finetune"][key], rel=1e-5), key
+    assert small["similarity"]["cosine_mean"] == pytest.approx(whole["similarity"]["cosine_mean"], rel=1e-6)
+
+
+def test_zero_ablation_is_one_vector_per_model(models):
+    """With the residual zeroed at every position all positions are identical: one forward suffices."""
+    base, _ = models
+    side = engine._ModelSide(base, 1, {}, D_MODEL, D_VOCAB)
+    zeros = torch.zeros(3, CTX, D_MODEL)
+    with torch.inference_mode():
+        full = base(zeros, start_at_layer=1)
+    torch.testing.assert_close(full, side.ablated_logits.expand_as(full), rtol=1e-5, atol=1e-5)
+
+
+def test_outliers_keep_clean_activations_and_leave_statistics(models):
+    """A low threshold marks positions as outliers: counted, excluded from the kept statistics."""
+    base, ft = models
+    out = stream(loaded(base), loaded(ft), loaded_sae(standard_sae()), tokens(), relative=1.02)
+    m = out["masking"]
+    assert 0 < m["n_outlier_union"] < m["n_positions"] - m["n_special"]
+    assert m["n_kept"] == m["n_positions"] - m["n_special"] - m["n_outlier_union"]
+    assert out["sae"]["finetune"]["n_tokens"] == m["n_kept"]
+
+
+def test_extra_vocabulary_rows_change_ce_only_through_the_dropped_mass():
+    """MetaMath-style extra rows: CE over the base vocabulary = full CE + log(1 - dropped mass) per token."""
+    from saetransfer.metrics import token_log_probs
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, D_VOCAB + 1, generator=gen) * 3
+    targets = torch.randint(0, D_VOCAB, (50,), generator=gen)
+    truncated, dropped = token_log_probs(logits, D_VOCAB)
+    full = torch.log_softmax(logits, dim=-1)
+    ce_trunc = -truncated.gather(1, targets[:, None]).squeeze(1)
+    ce_full = -full.gather(1, targets[:, None]).squeeze(1)
+    torch.testing.assert_close(ce_full - ce_trunc, -torch.log1p(-dropped), rtol=1e-5, atol=1e-6)
+    assert bool((ce_trunc <= ce_full + 1e-6).all())
+
+
+def test_native_sae_is_reported_beside_the_base_sae(models):
+    base, ft = models
+    out = stream(loaded(base), loaded(ft), loaded_sae(standard_sae(0)), tokens(), native=loaded_sae(standard_sae(1)))
+    assert set(out["sae"]) == {"base", "finetune", "native_on_finetune"}
+    assert not math.isnan(out["sae"]["native_on_finetune"]["explained_variance"])
