@@ -1,0 +1,128 @@
+"""Properties of the metric functions (hypothesis): exact cases, invariances, streaming = one-shot."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from saetransfer import metrics
+
+FLOATS = st.floats(-100, 100, allow_nan=False, allow_infinity=False, width=32)
+NONZERO = st.floats(0.0625, 100, width=32) | st.floats(-100, -0.0625, width=32)
+"""Entries away from 0, so no row is a (near-)zero vector, where cosine is 0 by convention."""
+
+
+def matrices(rows: tuple[int, int] = (2, 24), cols: tuple[int, int] = (2, 8), elements=FLOATS):
+    """Small float32 matrices with bounded entries, e.g. `@given(matrices())`."""
+    shape = st.tuples(st.integers(*rows), st.integers(*cols))
+    return shape.flatmap(lambda s: arrays(np.float32, s, elements=elements)).map(torch.from_numpy)
+
+
+def recon(x: torch.Tensor, x_hat: torch.Tensor, feats: torch.Tensor, split: int | None = None) -> dict:
+    acc = metrics.ReconstructionAccumulator(x.shape[1], feats.shape[1])
+    for part in (slice(None),) if split is None else (slice(None, split), slice(split, None)):
+        acc.update(x[part], x_hat[part], feats[part])
+    return acc.result()
+
+
+@given(matrices(elements=NONZERO))
+def test_exact_reconstruction_explains_everything(x):
+    centred = x - x.mean(0)
+    if float((centred**2).sum()) < 1e-3 or float(((x - x.mean()) ** 2).sum()) < 1e-3:
+        return  # no variance to explain: the ratio is undefined (NaN), tested below
+    out = recon(x, x.clone(), torch.relu(x))
+    assert out["explained_variance"] == pytest.approx(1.0) and out["r2_global"] == pytest.approx(1.0)
+    assert out["mse"] == 0.0 and out["cossim"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_constant_activations_give_undefined_explained_variance():
+    x = torch.ones(8, 4)
+    assert math.isnan(recon(x, x * 0.5, torch.ones(8, 3))["explained_variance"])
+
+
+@given(matrices(), st.randoms(use_true_random=False))
+def test_permuting_latents_changes_nothing(feats, rnd):
+    x = torch.randn(feats.shape[0], 3, generator=torch.Generator().manual_seed(0))
+    perm = list(range(feats.shape[1]))
+    rnd.shuffle(perm)
+    a, b = recon(x, x * 0.9, feats), recon(x, x * 0.9, feats[:, perm])
+    for key in ("l0", "l1", "dead_fraction", "dense_fraction", "explained_variance"):
+        assert a[key] == pytest.approx(b[key], nan_ok=True)
+
+
+@given(matrices(), st.integers(1, 23))
+def test_streaming_equals_one_shot(x, split):
+    split = min(split, x.shape[0] - 1)
+    x_hat = x * 0.7 + 0.1
+    feats = torch.relu(x)
+    one, two = recon(x, x_hat, feats), recon(x, x_hat, feats, split)
+    for key in ("explained_variance", "r2_global", "mse", "l0", "dead_fraction", "cossim"):
+        assert one[key] == pytest.approx(two[key], rel=1e-6, abs=1e-6, nan_ok=True), key
+
+
+@given(matrices(elements=NONZERO), st.floats(0.01, 100))
+def test_cosine_is_invariant_to_positive_scaling_and_flips_under_negation(x, scale):
+    y = torch.roll(x, 1, 0)
+    torch.testing.assert_close(metrics.cosine(x * scale, y), metrics.cosine(x, y), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(metrics.cosine(-x, y), -metrics.cosine(x, y), atol=1e-6, rtol=1e-5)
+
+
+@given(matrices(rows=(3, 30), cols=(1, 6)))
+def test_pearson_from_sums_matches_numpy(x):
+    y = x.flip(0) * 2 + 1
+    x64, y64 = x.double(), y.double()
+    r = metrics.pearson_from_sums(float(x.shape[0]), x64.sum(0), y64.sum(0), (x64**2).sum(0), (y64**2).sum(0),
+                                  (x64 * y64).sum(0))
+    for j in range(x.shape[1]):
+        if float(x64[:, j].std()) < 1e-3 or float(y64[:, j].std()) < 1e-3:
+            continue  # near-constant columns: NaN by design, tested separately
+        expected = np.corrcoef(x64[:, j].numpy(), y64[:, j].numpy())[0, 1]
+        assert float(r[j]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_pearson_of_a_constant_column_is_nan_not_dropped():
+    x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]], dtype=torch.float64)
+    r = metrics.pearson_from_sums(3.0, x.sum(0), x.sum(0), (x**2).sum(0), (x**2).sum(0), (x * x).sum(0))
+    assert float(r[0]) == pytest.approx(1.0) and math.isnan(float(r[1]))
+
+
+@settings(max_examples=30)
+@given(st.integers(0, 2**31 - 1))
+def test_identical_logits_give_zero_kl_and_full_recovery(seed):
+    gen = torch.Generator().manual_seed(seed)
+    clean = torch.randn(20, 11, generator=gen) * 4
+    ablated = torch.randn(11, generator=gen)
+    targets = torch.randint(0, 11, (20,), generator=gen)
+    acc = metrics.DownstreamAccumulator()
+    acc.update(clean, clean.clone(), ablated, targets, keep_vocab=11)
+    out = acc.result()
+    assert out["kl_spliced"] == pytest.approx(0.0, abs=1e-6) and out["ce_delta"] == pytest.approx(0.0, abs=1e-6)
+    if not math.isnan(out["ce_loss_score"]):
+        assert out["ce_loss_score"] == pytest.approx(1.0)
+    assert out["kl_div_score"] == pytest.approx(1.0)
+
+
+def test_ablation_equal_to_clean_makes_the_ratios_nan():
+    """CE recovered and KL score with a zero denominator are NaN, never a division by a tiny number."""
+    clean = torch.zeros(5, 7)
+    acc = metrics.DownstreamAccumulator()
+    acc.update(clean, clean + torch.randn(5, 7), torch.zeros(7), torch.arange(5), keep_vocab=7)
+    out = acc.result()
+    assert math.isnan(out["ce_loss_score"]) and math.isnan(out["kl_div_score"])
+
+
+@given(st.floats(-1e3, 1e3), st.floats(-1e-7, 1e-7))
+def test_safe_ratio_refuses_tiny_denominators(num, den):
+    assert math.isnan(metrics.safe_ratio(num, den))
+
+
+def test_log_density_correlation_counts_dead_latents_at_minus_ten():
+    base = torch.tensor([0.0, 1e-3, 1e-2, 0.1])
+    assert metrics.log_density_correlation(base, base) == pytest.approx(1.0)
+    assert metrics.log10_density(torch.tensor([0.0]))[0] == pytest.approx(-10.0)
