@@ -1,0 +1,401 @@
+"""Per-pair transfer verdicts: documented thresholds turn SAE metrics into a verdict with reasons.
+
+`decide` compares the base SAE on the finetune (`finetune`) with the same SAE on its own model
+(`base`) and, when given, with an SAE trained on the finetune (`native`, Kissane et al.'s reference).
+Every number below is a field of `Thresholds`, where each is documented.
+
+Order of the rules:
+
+1. `not comparable`: the tokenizers differ (`comparable=False`); nothing else is read.
+2. `unusable` (sanity gate, on the base only): the SAE fails an absolute floor on its own model, so it
+   is broken (wrong hook, weight processing or normalisation) and "equally broken on both models"
+   must not read as "transfers".
+3. Each line of evidence on the finetune gets a grade, ok / weak / bad, relative to the base.
+4. Any bad line -> `fails`; else any weak line -> `partial`; else `transfers` if there are at least
+   two graded lines and one of them is explained variance or KL score; otherwise `partial`
+   (insufficient evidence: here `partial` means "transfer not established", never "half works").
+
+| rule | metric | value | why |
+|---|---|---|---|
+| gate | EV on the base | >= 0.3 | published base SAEs: 0.67 (post Mistral, global R²) .. 0.97 (post Gemma); Kissane EV 0.682 / 0.745 / 0.776; SAEs on chat data 0.50-0.74. Below 0.3 the SAE misses most of its own model's variance |
+| gate | CE recovered on the base | in [0.7, 1.05] | Kissane's bases 0.956-0.987; a mismatched SAE (Gemma-it SAE on gemma-2b) gives -8.3, base SAE on gemma-it 0.25. Above 1.05 the splice *lowers* the model's own loss, which a faithful reconstruction cannot |
+| gate | KL score on the base | >= 0.7 | same normalisation as CE recovered (fraction of the zero-ablation damage undone); no published KL for these pairs |
+| gate | loss delta on the base | in [-0.05, 1.5] nats | published 0.11-0.51 nats (post 0.15 / 0.51; Kissane 0.11 / 0.36 / 0.45) |
+| gate | L0 on the base | >= 1 and <= 0.25 d_sae | the post expects L0/d_sae < 0.01; published SAEs <= 0.004, the CPU prototype's TopK 0.03; Kissane's mismatched SAE 0.21 |
+| gate | any base metric | NaN or impossible (EV or KL score > 1, L0 > d_sae) | an undefined number on the SAE's own model means the measurement is broken |
+| EV | finetune / base ratio | ok >= 0.75, bad < 0.5 | transfers: 0.86 (post Mistral), 0.89 (Kissane Mistral), 0.80 (Qwen), 0.76 / 0.92 (chat SAEs on the bases); failures negative (Gemma -10.3 / -15). A ratio, not a difference, because base EVs range 0.5-0.98 and the global R² and per-dimension EV are normalised differently; the gate keeps the base positive, so a negative finetune EV gives a negative ratio (bad) |
+| KL score | drop base - finetune | ok <= 0.03, bad > 0.10 | the CE-recovered bands (same normalisation); KL to the finetune's own logits is what CE recovered cannot fake |
+| CE recovered | drop base - finetune | ok <= 0.03, bad > 0.10 | transfers: -0.010 .. +0.022 (Kissane, both directions); failure 0.70 (Gemma-it) |
+| CE recovered | gap native - finetune | ok <= 0.02, bad > 0.10 | Kissane: transfer = within 0.01-0.02 of the native SAE (Mistral 0.989 vs 0.990; Qwen 0.976 vs 0.958) |
+| CE recovered | finetune value | > 1.05 is weak | the splice lowers the finetune's loss: it pulls the model back toward the base (the design's prototype: 1.17 on a code finetune) |
+| loss delta | finetune vs base | weak if > 2x base and > +0.1 nats; bad if > 5x and > +0.5 nats; < -0.05 nats is weak | transfers 0.66-1.07x (post Mistral 0.15 -> 0.16, Kissane 0.114 -> 0.098, 0.363 -> 0.239); failures 8.3x / +3.7 (post Gemma) and 15.6x / +6.5 (Kissane Gemma). Kissane's Mistral chat SAE on the base model (3.3x, +0.195) lands in between: `partial`. The +0.1 nats floor keeps noise on a tiny base delta from counting |
+| L0 (ReLU, JumpReLU, gated) | finetune / base ratio | ok in [1/2, 2], bad outside [1/4, 4] | transfers 0.71-1.58 (Kissane, both directions; post Mistral 1.08); failures x5.6 (gemma-2b SAE on gemma-it) and x115 (the reverse). The lower side mirrors the upper one in log scale; no published case |
+| L0 (TopK, BatchTopK) | ratio | ignored | L0 is fixed at k by construction, so its ratio carries no signal. SAELens saves a trained BatchTopK SAE as `jumprelu` (learned thresholds), which is judged as JumpReLU |
+| evidence | graded lines | >= 2, one of EV or KL score | CE recovered and the loss delta can be fooled (> 1 when the splice pulls a finetune toward the base) and EV can flatter (normalised by the evaluated model's own variance), so none of them alone says `transfers` |
+
+Missing metrics (None) are skipped and listed in the reasons. NaN or impossible values on the finetune
+are treated as missing with a flag (never as passing); on the base they fail the gate. When the base
+value of a metric is missing, the finetune value is only checked against the gate's floor: below it is
+bad (the SAE does not work on the finetune whatever it does on the base), above it is not counted.
+A native value is used only if it passes the base floors itself.
+
+Monotonicity: lowering the finetune's EV or KL score, or raising a ReLU SAE's L0 blow-up, never
+improves the verdict. CE recovered and the loss delta are deliberately not monotone: values that look
+*better* than clean (CE recovered > 1.05, loss delta < -0.05) are flagged weak.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Literal
+
+from saetransfer.registry import Verdict
+
+Grade = Literal["ok", "weak", "bad"]
+_RANK: dict[Grade, int] = {"ok": 0, "weak": 1, "bad": 2}
+_EV, _KL, _CE, _DELTA, _L0 = "explained variance", "KL score", "CE recovered", "loss delta", "L0"
+_NAMES = {"explained_variance": _EV, "kl_div_score": _KL, "ce_loss_score": _CE, "ce_delta": _DELTA, "l0": _L0}
+_FREE_L0 = frozenset({"standard", "relu", "gated", "jumprelu"})
+_ROUNDING = 1e-3  # published tables round to 3 decimals: an EV of 1.0004 is 1, not impossible
+
+
+@dataclass(frozen=True)
+class SaeQuality:
+    """One SAE on one model: the numbers the verdict reads. None = not measured (published tables lack KL)."""
+
+    explained_variance: float | None = None
+    l0: float | None = None
+    ce_loss_score: float | None = None
+    """CE loss recovered, (CE_abl - CE_sae) / (CE_abl - CE_clean)."""
+    kl_div_score: float | None = None
+    """(KL_abl - KL_sae) / KL_abl."""
+    ce_delta: float | None = None
+    """CE with the SAE spliced in - clean CE, nats."""
+    d_sae: int | None = None
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every number the verdict uses; the module docstring tabulates them with their sources."""
+
+    # -- sanity gate: the SAE on its own (base) model --
+    base_min_explained_variance: float = 0.3
+    """Published base SAEs: 0.67-0.97 (post, global R²), 0.68-0.78 (Kissane, EV), 0.50-0.74 on chat data."""
+    base_min_ce_loss_score: float = 0.7
+    """Kissane's base SAEs recover 0.956-0.987; mismatched SAEs give 0.25 and -8.3."""
+    base_min_kl_div_score: float = 0.7
+    """No published KL for these pairs; same normalisation as CE recovered, so the same floor."""
+    base_max_ce_delta: float = 1.5
+    """Published base loss deltas are 0.11-0.51 nats (post Mistral 0.15, Gemma 0.51; Kissane <= 0.45)."""
+    base_min_l0: float = 1.0
+    """Fewer than one active latent per token cannot reconstruct anything."""
+    base_max_l0_fraction: float = 0.25
+    """L0 / d_sae. The post expects < 0.01, published SAEs sit below 0.004 (CPU prototype TopK 0.03); a quarter is not sparse."""
+
+    # -- both sides: values that look better than clean --
+    max_ce_loss_score: float = 1.05
+    """Above this the splice lowers the loss: on the finetune it pulls the model back toward the base
+    (prototype code finetune: 1.17); on the base it means the measurement is broken."""
+    min_ce_delta: float = -0.05
+    """The loss-delta form of the same check, in nats (noise on the tiny zoo is about 0.01)."""
+
+    # -- finetune relative to base --
+    ev_ratio_ok: float = 0.75
+    """EV finetune / base. Published transfers 0.76-0.92 (Kissane; post Mistral 0.86)."""
+    ev_ratio_bad: float = 0.5
+    """Less than half the base's explained variance; published failures are negative (-10.6, -19)."""
+    score_drop_ok: float = 0.03
+    """CE recovered / KL score, base - finetune. Published transfers: -0.010 .. +0.022."""
+    score_drop_bad: float = 0.10
+    """A tenth of the zero-ablation damage no longer undone; Gemma-it drops 0.70."""
+    native_gap_ok: float = 0.02
+    """CE recovered / KL score, native SAE - base SAE on the finetune: Kissane's 0.01-0.02."""
+    native_gap_bad: float = 0.10
+    """As `score_drop_bad`; Gemma-it is 0.74 below its native SAE."""
+    l0_ratio_ok: float = 2.0
+    """L0 finetune / base for free-L0 SAEs, ok within [1/x, x]. Published transfers 0.71-1.58."""
+    l0_ratio_bad: float = 4.0
+    """Bad outside [1/x, x]. The smallest published failure is x5.6 (Gemma-it)."""
+    ce_delta_ratio_ok: float = 2.0
+    """Loss delta finetune / base; published transfers 0.66-1.07x."""
+    ce_delta_ratio_bad: float = 5.0
+    """Published failures 8.3x (post Gemma) and 15.6x (Kissane Gemma)."""
+    ce_delta_excess_ok: float = 0.1
+    """Nats over the base's delta that never count against, so a tiny base delta cannot make noise a blow-up."""
+    ce_delta_excess_bad: float = 0.5
+    """Nats over the base's delta needed for bad; published failures +3.7 and +6.5."""
+    min_lines_of_evidence: int = 2
+    """Graded lines needed for `transfers`; one must be EV or KL score (CE alone can be fooled)."""
+
+    def __post_init__(self) -> None:
+        # ratios divide by the base value, so the gate must keep it positive
+        if self.base_min_explained_variance <= 0 or self.base_min_l0 <= 0:
+            raise ValueError("base_min_explained_variance and base_min_l0 must be positive")
+        pairs = [(self.ev_ratio_bad, self.ev_ratio_ok), (self.score_drop_ok, self.score_drop_bad),
+                 (self.native_gap_ok, self.native_gap_bad), (1.0, self.l0_ratio_ok), (self.l0_ratio_ok, self.l0_ratio_bad),
+                 (self.ce_delta_ratio_ok, self.ce_delta_ratio_bad), (self.ce_delta_excess_ok, self.ce_delta_excess_bad)]
+        if any(low > high for low, high in pairs):
+            raise ValueError(f"each ok threshold must be milder than its bad threshold: {self}")
+
+
+@dataclass(frozen=True)
+class VerdictResult:
+    verdict: Verdict
+    reasons: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "reasons": list(self.reasons)}
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One line of evidence; grade None = reported but not counted."""
+
+    metric: str
+    grade: Grade | None
+    reason: str
+
+
+def _n(x: float) -> str:
+    """Three significant digits, but whole L0s and blown-up values stay readable (126.1, not 126; 2662, not 2.66e+03)."""
+    if math.isfinite(x) and abs(x) >= 100:
+        return f"{x:.1f}".removesuffix(".0")
+    return f"{x:.3g}"
+
+
+def _higher(value: float, ok: float, bad: float) -> tuple[Grade, str]:
+    """Grade a higher-is-better number, with the comparison that decided it."""
+    if value >= ok:
+        return "ok", f"{_n(value)} >= {_n(ok)}"
+    if value >= bad:
+        return "weak", f"{_n(value)} in [{_n(bad)}, {_n(ok)})"
+    return "bad", f"{_n(value)} < {_n(bad)}"
+
+
+def _lower(value: float, ok: float, bad: float) -> tuple[Grade, str]:
+    """Grade a lower-is-better number."""
+    if value <= ok:
+        return "ok", f"{_n(value)} <= {_n(ok)}"
+    if value <= bad:
+        return "weak", f"{_n(value)} in ({_n(ok)}, {_n(bad)}]"
+    return "bad", f"{_n(value)} > {_n(bad)}"
+
+
+def _worst(grades: list[Grade]) -> Grade:
+    return max(grades, key=_RANK.__getitem__)
+
+
+def _problem(name: str, value: float, d_sae: int | None) -> str | None:
+    """Why a value is undefined or impossible, or None when it is usable."""
+    if math.isnan(value):
+        return "NaN (undefined)"
+    if name in ("explained_variance", "kl_div_score") and value > 1 + _ROUNDING:
+        return f"{_n(value)}, impossible (at most 1)"
+    if name == "l0" and not (0 <= value < math.inf and (d_sae is None or value <= d_sae)):
+        return f"{_n(value)}, impossible (outside [0, d_sae={d_sae}])"
+    return None
+
+
+def _clean(q: SaeQuality, side: str, d_sae: int | None) -> tuple[dict[str, float | None], list[str]]:
+    """The usable metric values of `q` (NaN/impossible -> None) and one flag per dropped value."""
+    values: dict[str, float | None] = {}
+    flags = []
+    for f in fields(q):
+        if f.name == "d_sae":
+            continue
+        value = getattr(q, f.name)
+        problem = None if value is None else _problem(f.name, float(value), d_sae)
+        if problem:
+            flags.append(f"{_NAMES[f.name]} on the {side} is {problem}: treated as not measured")
+        values[f.name] = None if value is None or problem else float(value)
+    return values, flags
+
+
+def _d_sae(base: SaeQuality, finetune: SaeQuality) -> tuple[int | None, list[str]]:
+    """The SAE's width (one SAE on both sides, so the base's wins) and notes on odd values."""
+    given = {side: q.d_sae for side, q in (("base", base), ("finetune", finetune)) if q.d_sae is not None}
+    notes = [f"d_sae {d} on the {side} is not positive: ignored" for side, d in given.items() if d <= 0]
+    valid = [d for d in given.values() if d > 0]
+    if len(set(valid)) > 1:
+        notes.append(f"d_sae differs ({given['base']} base, {given['finetune']} finetune): using the base's")
+    return (valid[0] if valid else None), notes
+
+
+def _gate(b: dict[str, float | None], d_sae: int | None, t: Thresholds) -> list[str]:
+    """Absolute floors the SAE must meet on its own model; each failure is one reason."""
+    out = []
+    ev, ce, kl, delta, l0 = (b[k] for k in ("explained_variance", "ce_loss_score", "kl_div_score", "ce_delta", "l0"))
+    if ev is not None and ev < t.base_min_explained_variance:
+        out.append(f"{_EV} {_n(ev)} on the base itself < {_n(t.base_min_explained_variance)}")
+    if ce is not None and not t.base_min_ce_loss_score <= ce <= t.max_ce_loss_score:
+        out.append(f"{_CE} {_n(ce)} on the base itself outside [{_n(t.base_min_ce_loss_score)}, {_n(t.max_ce_loss_score)}]")
+    if kl is not None and kl < t.base_min_kl_div_score:
+        out.append(f"{_KL} {_n(kl)} on the base itself < {_n(t.base_min_kl_div_score)}")
+    if delta is not None and not t.min_ce_delta <= delta <= t.base_max_ce_delta:
+        out.append(f"{_DELTA} {_n(delta)} nats on the base itself outside [{_n(t.min_ce_delta)}, {_n(t.base_max_ce_delta)}]")
+    if l0 is not None and l0 < t.base_min_l0:
+        out.append(f"{_L0} {_n(l0)} on the base itself < {_n(t.base_min_l0)}")
+    if l0 is not None and d_sae is not None and l0 / d_sae > t.base_max_l0_fraction:
+        out.append(f"{_L0} {_n(l0)} on the base itself is {_n(l0 / d_sae)} of d_sae={d_sae} > {_n(t.base_max_l0_fraction)}")
+    return out
+
+
+def _floor_only(metric: str, f: float, below: bool, floor: float, unit: str = "") -> _Line:
+    """Base value missing: only a finetune value that fails the base's own floor says anything (bad)."""
+    if below:
+        return _Line(metric, "bad", f"{metric} {_n(f)}{unit} on the finetune fails the floor a base SAE must meet "
+                                    f"({_n(floor)}{unit}; no base value to compare) (bad)")
+    return _Line(metric, None, f"{metric} {_n(f)}{unit} on the finetune: no base value to compare, not counted")
+
+
+def _ev_line(b: float | None, f: float | None, t: Thresholds) -> _Line | None:
+    if f is None:
+        return None
+    if b is None:
+        return _floor_only(_EV, f, f < t.base_min_explained_variance, t.base_min_explained_variance)
+    grade, why = _higher(f / b, t.ev_ratio_ok, t.ev_ratio_bad)  # the gate keeps b > 0
+    return _Line(_EV, grade, f"{_EV} {_n(f)} vs {_n(b)} on the base (ratio {why}) ({grade})")
+
+
+def _score_line(metric: str, b: float | None, f: float | None, native: float | None, floor: float,
+                t: Thresholds, ceiling: float | None = None) -> _Line | None:
+    """CE recovered or KL score: drop from the base, gap to the native SAE, and (CE) the >1 trap."""
+    if f is None:
+        return None
+    grades: list[Grade] = []
+    parts: list[str] = []
+    if ceiling is not None and f > ceiling:
+        grades.append("weak")
+        parts.append(f"is above {_n(ceiling)}: the splice lowers the finetune's loss, pulling it back toward the base "
+                     "(not faithful)")
+    if b is not None:
+        grade, why = _lower(b - f, t.score_drop_ok, t.score_drop_bad)
+        grades.append(grade)
+        parts.append(f"vs {_n(b)} on the base (drop {why})")
+    if native is not None:
+        grade, why = _lower(native - f, t.native_gap_ok, t.native_gap_bad)
+        grades.append(grade)
+        parts.append(f"vs {_n(native)} for the native SAE (gap {why})")
+    if not grades:
+        return _floor_only(metric, f, f < floor, floor)
+    if b is None and native is None:  # only the >1 trap fired
+        parts.append("no base value to compare")
+    grade = _worst(grades)
+    return _Line(metric, grade, f"{metric} {_n(f)} " + "; ".join(parts) + f" ({grade})")
+
+
+def _delta_line(b: float | None, f: float | None, t: Thresholds) -> _Line | None:
+    if f is None:
+        return None
+    if f < t.min_ce_delta:
+        return _Line(_DELTA, "weak", f"{_DELTA} {_n(f)} nats < {_n(t.min_ce_delta)} on the finetune: the splice lowers "
+                                     "its loss, pulling it back toward the base, which is not faithful (weak)")
+    if b is None:
+        return _floor_only(_DELTA, f, f > t.base_max_ce_delta, t.base_max_ce_delta, " nats")
+    excess, ref = f - b, max(b, 0.0)  # a base delta <= 0 makes any positive finetune delta a growth
+    ratio = f"{_n(f / b)}x the base's" if b > 0 else "base delta <= 0"
+    if excess > t.ce_delta_excess_bad and f > t.ce_delta_ratio_bad * ref:
+        grade, why = "bad", f"> {_n(t.ce_delta_ratio_bad)}x and > +{_n(t.ce_delta_excess_bad)} nats"
+    elif excess > t.ce_delta_excess_ok and f > t.ce_delta_ratio_ok * ref:
+        grade, why = "weak", f"> {_n(t.ce_delta_ratio_ok)}x and > +{_n(t.ce_delta_excess_ok)} nats"
+    else:
+        grade, why = "ok", f"<= {_n(t.ce_delta_ratio_ok)}x or <= +{_n(t.ce_delta_excess_ok)} nats"
+    return _Line(_DELTA, grade, f"{_DELTA} {_n(f)} vs {_n(b)} nats on the base ({ratio}, {excess:+.3g} nats; {why}) ({grade})")
+
+
+def _l0_line(b: float | None, f: float | None, d_sae: int | None, fixed: bool, t: Thresholds) -> _Line | None:
+    if fixed:
+        seen = f" ({_n(f)} vs {_n(b)} on the base, ratio {_n(f / b)})" if f is not None and b else ""
+        return _Line(_L0, None, f"{_L0} ratio ignored{seen}: a TopK SAE fixes L0 at k, so it carries no signal")
+    if f is None:
+        return None
+    if b is None:
+        if d_sae is None:
+            return _Line(_L0, None, f"{_L0} {_n(f)} on the finetune: no base value or d_sae to compare, not counted")
+        frac = f / d_sae
+        return _floor_only(_L0 + "/d_sae", frac, frac > t.base_max_l0_fraction, t.base_max_l0_fraction)
+    ratio = f / b  # the gate keeps b >= base_min_l0 > 0
+    if 1 / t.l0_ratio_ok <= ratio <= t.l0_ratio_ok:
+        grade, band = "ok", f"within [{_n(1 / t.l0_ratio_ok)}, {_n(t.l0_ratio_ok)}]"
+    elif 1 / t.l0_ratio_bad <= ratio <= t.l0_ratio_bad:
+        grade, band = "weak", f"outside [{_n(1 / t.l0_ratio_ok)}, {_n(t.l0_ratio_ok)}]"
+    else:
+        grade, band = "bad", f"outside [{_n(1 / t.l0_ratio_bad)}, {_n(t.l0_ratio_bad)}]"
+    return _Line(_L0, grade, f"{_L0} {_n(f)} vs {_n(b)} on the base (ratio {_n(ratio)} {band}) ({grade})")
+
+
+def _native_scores(native: SaeQuality | None, t: Thresholds) -> tuple[float | None, float | None, list[str]]:
+    """The native SAE's CE recovered and KL score, each only if it is defined and passes the base floors."""
+    out: dict[str, float | None] = {"ce_loss_score": None, "kl_div_score": None}
+    flags: list[str] = []
+    # the gate's floors; _problem already refuses a KL score above 1
+    floors = {"ce_loss_score": (t.base_min_ce_loss_score, t.max_ce_loss_score), "kl_div_score": (t.base_min_kl_div_score, math.inf)}
+    for key, (low, high) in floors.items():
+        value = None if native is None else getattr(native, key)
+        if value is None:
+            continue
+        problem = _problem(key, float(value), None)
+        if problem or not low <= value <= high:
+            flags.append(f"native SAE's {_NAMES[key]} {problem or _n(value)} fails the base floors: not used")
+        else:
+            out[key] = float(value)
+    return out["ce_loss_score"], out["kl_div_score"], flags
+
+
+def decide(*, base: SaeQuality, finetune: SaeQuality, architecture: str, native: SaeQuality | None = None,
+           comparable: bool = True, not_comparable_reason: str = "",
+           thresholds: Thresholds = Thresholds()) -> VerdictResult:
+    """The verdict for the base SAE on a finetune; see the module docstring for the rules."""
+    t = thresholds
+    if not comparable:
+        return VerdictResult("not comparable", (
+            not_comparable_reason or "the tokenizers differ: the evaluation ids do not mean the same in both models",))
+
+    d_sae, d_notes = _d_sae(base, finetune)
+    b, base_flags = _clean(base, "base", d_sae)
+    f, ft_flags = _clean(finetune, "finetune", d_sae)
+
+    broken = base_flags + _gate(b, d_sae, t)
+    if broken:
+        return VerdictResult("unusable", (
+            "unusable: the SAE fails on the base model itself (wrong hook, weight processing or normalisation?)",
+            *broken))
+
+    arch = architecture.strip().lower()
+    fixed = "topk" in arch
+    native_ce, native_kl, native_flags = _native_scores(native, t)
+    lines = [line for line in (
+        _ev_line(b["explained_variance"], f["explained_variance"], t),
+        _score_line(_KL, b["kl_div_score"], f["kl_div_score"], native_kl, t.base_min_kl_div_score, t),
+        _score_line(_CE, b["ce_loss_score"], f["ce_loss_score"], native_ce, t.base_min_ce_loss_score, t,
+                    ceiling=t.max_ce_loss_score),
+        _delta_line(b["ce_delta"], f["ce_delta"], t),
+        _l0_line(b["l0"], f["l0"], d_sae, fixed, t),
+    ) if line is not None]
+
+    notes = [*d_notes, *ft_flags, *native_flags]
+    if not fixed and arch not in _FREE_L0:
+        notes.append(f"architecture {architecture!r} is not known: its L0 is judged as free (like ReLU)")
+    if all(b[k] is None for k in ("explained_variance", "kl_div_score", "ce_loss_score", "ce_delta")):
+        notes.append("nothing measured on the base: the sanity gate could not run")
+    missing = {k: (b[k] is None, f[k] is None) for k in _NAMES if not (fixed and k == "l0")}
+    for where, sides in (("either model", (True, True)), ("the base", (True, False)), ("the finetune", (False, True))):
+        names = [_NAMES[k] for k, m in missing.items() if m == sides]
+        if names:
+            notes.append(f"not measured on {where}: {', '.join(names)}")
+
+    graded = [line for line in lines if line.grade is not None]
+    by_grade = {g: [line.metric for line in graded if line.grade == g] for g in ("bad", "weak", "ok")}
+    details = tuple(line.reason for line in lines) + tuple(notes)
+    if by_grade["bad"]:
+        return VerdictResult("fails", (f"fails: bad on {', '.join(by_grade['bad'])}", *details))
+    if by_grade["weak"]:
+        return VerdictResult("partial", (f"partial: weak on {', '.join(by_grade['weak'])}", *details))
+    primary = [m for m in by_grade["ok"] if m in (_EV, _KL)]
+    if not primary or len(graded) < t.min_lines_of_evidence:
+        have = ", ".join(by_grade["ok"]) or "nothing"
+        return VerdictResult("partial", (
+            f"partial: insufficient evidence (ok: {have}); transfers needs {t.min_lines_of_evidence} graded lines, "
+            f"one of them {_EV} or {_KL}, because CE-based scores alone can be fooled", *details))
+    return VerdictResult("transfers", (f"transfers: ok on {', '.join(by_grade['ok'])}", *details))
