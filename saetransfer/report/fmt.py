@@ -1,0 +1,107 @@
+"""Stable number formatting and escaping for the report (Markdown and HTML).
+
+Every number goes through `num` so the committed report changes only when a value changes at the
+shown precision: no locale, no repr, no platform-dependent float printing.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from typing import Any
+
+SIG = 4
+"""Significant digits shown for metrics (snapshots round to the same)."""
+MISSING = "—"
+"""A value that was not computed (a section is None, or the record predates the key)."""
+UNDEFINED = "n/a"
+"""NaN: a value that is undefined (e.g. a ratio whose denominator is ~0); the records count every NaN."""
+
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|~$&#])")
+_UNDERSCORES = re.compile(r"_+")
+# Control characters would break a table row or hide in the text: show them as Unicode control pictures.
+_CONTROL = {i: chr(0x2400 + i) for i in range(0x20)} | {0x7F: "\u2421"}
+
+
+def as_float(value: Any) -> float | None:
+    """A number as float; None for anything else (a missing key, a string, a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def num(value: Any, sig: int = SIG) -> str:
+    """`sig` significant digits with trailing zeros kept (0.99996 -> '1.000', not '1'); NaN -> 'n/a'."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if not isinstance(value, float):
+        return str(value)
+    if math.isnan(value):
+        return UNDEFINED
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if value == 0:
+        return "0"
+    text = f"{value:#.{sig}g}"
+    return text[:-1] if text.endswith(".") else text
+
+
+def pct(value: Any) -> str:
+    """A percentage that is already x100 (the seed's good-token %), up to 6 digits: 99.9996, 0.00398."""
+    f = as_float(value)
+    return num(value) if f is None or not math.isfinite(f) else f"{f:.6g} %"
+
+
+def arrow(a: Any, b: Any) -> str:
+    """'base → finetune'; one missing side keeps its place so the direction stays readable."""
+    return MISSING if a is None and b is None else f"{num(a)} → {num(b)}"
+
+
+def ratio(numerator: Any, denominator: Any) -> float | None:
+    a, b = as_float(numerator), as_float(denominator)
+    if a is None or b is None:
+        return None
+    return a / b if b != 0 else math.nan
+
+
+def visible(text: Any) -> str:
+    """Decoded model text with control characters (newline, tab...) shown as ␊, ␉... so rows stay one line."""
+    return str(text).translate(_CONTROL)
+
+
+def md_text(text: Any) -> str:
+    """Plain text for a Markdown table cell or paragraph: every inline-syntax character escaped."""
+    escaped = _MD_SPECIAL.sub(r"\\\1", visible(text).replace("\u2028", " "))
+    return _UNDERSCORES.sub(lambda m: m[0] if _intraword(m) else "\\_" * len(m[0]), escaped)
+
+
+def _intraword(match: re.Match[str]) -> bool:
+    """Underscores between letters/digits never start emphasis (CommonMark): leave ids like hook_resid_pre readable."""
+    text, start, end = match.string, match.start(), match.end()
+    return 0 < start and end < len(text) and text[start - 1].isalnum() and text[end].isalnum()
+
+
+def md_code(text: Any) -> str:
+    """Text as a Markdown code span inside a table cell (pipes escaped, fence longer than any backtick run)."""
+    body = visible(text).replace("|", "\\|")
+    if body == "":
+        return "*(empty)*"
+    runs = [len(r) for r in re.findall(r"`+", body)]
+    fence = "`" * (max(runs, default=0) + 1)
+    # CommonMark strips one space on each side when both ends have one; pad so the real spaces survive.
+    pad = body[0] in "` " or body[-1] in "` "
+    return f"{fence} {body} {fence}" if pad else f"{fence}{body}{fence}"
+
+
+def html_text(text: Any) -> str:
+    return html.escape(visible(text), quote=True)
+
+
+def slug(text: str) -> str:
+    """A file-name and anchor-safe form of a test id (registry ids are already close to this)."""
+    return re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-.") or "record"

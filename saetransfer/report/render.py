@@ -1,0 +1,138 @@
+"""Write README.md, report.html, summary.csv and the plots from every record on disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from saetransfer.report.doc import to_html, to_markdown
+from saetransfer.report.fmt import MISSING
+from saetransfer.report.plots import PLOTS, Plot, inputs_key, pair_plots
+from saetransfer.report.records import Entry, load_entries
+from saetransfer.report.sections import TITLE, anchor, document
+from saetransfer.report.summary import summary_row
+from saetransfer.results import PairResult
+
+PLOTS_DIR = "plots"
+PLOT_STAMP = "inputs.sha256"
+"""Per pair folder: the inputs' hash and the plots drawn from them, so unchanged pairs are not redrawn."""
+CSV_FLOAT_FORMAT = "%.6g"
+"""Six significant digits: precise enough for scripts, stable enough not to churn on float noise."""
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What `render_report` wrote (paths under its `out_dir`) and the warnings it also put in the report."""
+
+    readme: Path
+    html: Path
+    csv: Path
+    plots: tuple[Path, ...]
+    warnings: tuple[str, ...] = ()
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Atomic, and only when the bytes change: an unchanged report leaves files (and mtimes) alone."""
+    if path.is_file() and path.read_bytes() == data:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # unique per writer
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are files to share and commit
+    os.replace(tmp, path)
+
+
+def _cached_plots(result: PairResult, folder: Path) -> list[Plot]:
+    """The pair's plots, redrawn only when `inputs_key` changed (drawing dominates a render's time)."""
+    key, stamp, alts = inputs_key(result), folder / PLOT_STAMP, {name: alt for name, alt, _ in PLOTS}
+    lines = stamp.read_text(encoding="utf-8").splitlines() if stamp.is_file() else []
+    names = lines[1:]
+    if lines and lines[0] == key and all(n in alts and (folder / f"{n}.png").is_file() for n in names):
+        return [Plot(n, alts[n], (folder / f"{n}.png").read_bytes()) for n in names]
+    plots = pair_plots(result)
+    if not plots:  # nothing to draw (an incompatible pair): no folder at all
+        return plots
+    for plot in plots:
+        _write(folder / f"{plot.name}.png", plot.png)
+    _write(stamp, "".join(f"{line}\n" for line in [key, *(p.name for p in plots)]).encode("utf-8"))
+    return plots
+
+
+def _write_plots(entries: list[Entry], out_dir: Path,
+                 warnings: list[str]) -> dict[str, dict[str, tuple[str, Plot]]]:
+    """PNG files under plots/<slug>/; stale ones (a removed record, a plot no longer drawn) deleted."""
+    root = out_dir / PLOTS_DIR
+    written: dict[str, dict[str, tuple[str, Plot]]] = {}
+    keep: set[Path] = set()
+    for entry in entries:
+        if entry.result is None or not entry.result.comparable:  # nothing past the tokenizer check to draw
+            continue
+        folder = anchor(entry).removeprefix("pair-")
+        keep.add(root / folder / PLOT_STAMP)
+        try:
+            plots = _cached_plots(entry.result, root / folder)
+        except (TypeError, ValueError) as exc:  # a malformed value in one record must not sink the report
+            warnings.append(f"no plots for {entry.test_id}: {type(exc).__name__}: {exc}")
+            continue
+        for plot in plots:
+            keep.add(root / folder / f"{plot.name}.png")
+            written.setdefault(entry.test_id, {})[plot.name] = (f"{PLOTS_DIR}/{folder}/{plot.name}.png", plot)
+    _prune(root, keep)
+    return written
+
+
+def _prune(root: Path, keep: set[Path]) -> None:
+    if not root.is_dir():
+        return
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if path not in keep:
+            path.unlink()
+    for folder in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            shutil.rmtree(folder)
+
+
+def _csv(entries: list[Entry]) -> bytes:
+    rows = [summary_row(e) for e in entries]
+    for row in rows:
+        row["reasons"] = "; ".join(row["reasons"])
+    frame = pd.DataFrame(rows, columns=list(summary_row(Entry("", "")).keys()))
+    return frame.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n").encode("utf-8")
+
+
+def render_report(records_dir: Path, out_dir: Path) -> ReportFiles:
+    """Render the report from all records in `records_dir` into `out_dir`.
+
+    Inputs: `records_dir/*.json` (a `PairResult.to_json()` plus optional "outcomes" and "expected")
+    and `records_dir/skipped/*.json` ({"test_id", "pair_id", "reason"}). Unreadable files become
+    warnings in the report. Output is deterministic: rendering unchanged records rewrites nothing.
+    """
+    records_dir, out_dir = Path(records_dir), Path(out_dir)
+    entries, warnings = load_entries(records_dir)
+    plots = _write_plots(entries, out_dir, warnings)
+    blocks = document(entries, plots, warnings, records_dir.name)
+    files = ReportFiles(readme=out_dir / "README.md", html=out_dir / "report.html", csv=out_dir / "summary.csv",
+                        plots=tuple(sorted(out_dir / rel for p in plots.values() for rel, _ in p.values())),
+                        warnings=tuple(warnings))
+    _write(files.readme, to_markdown(blocks).encode("utf-8"))
+    _write(files.html, to_html(blocks, TITLE).encode("utf-8"))
+    _write(files.csv, _csv(entries))
+    return files
+
+
+def verdict_table(records_dir: Path) -> str:
+    """Plain-text table (test id, verdict, expected, match) for pytest's terminal summary."""
+    entries, warnings = load_entries(Path(records_dir))
+    header = ("test id", "verdict", "expected", "match")
+    rows = [(e.test_id, e.verdict or "not run", e.expected_verdict or MISSING,
+             {True: "ok", False: "MISMATCH", None: MISSING}[e.matches]) for e in entries]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines += [f"warning: {w}" for w in warnings]
+    return "\n".join(lines)
