@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from saetransfer.paths import DEFAULT_REGISTRY
+from saetransfer.paths import DEFAULT_REGISTRY, REPO_ROOT
 
 Verdict = Literal["transfers", "partial", "fails", "not comparable", "unusable"]
 VERDICTS: tuple[str, ...] = get_args(Verdict)
@@ -24,6 +24,14 @@ VERDICTS: tuple[str, ...] = get_args(Verdict)
 # ids: lowercase slug, `__` between base and finetune, nothing a shell, `-k` or a file name chokes on
 _PAIR_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*__[a-z0-9][a-z0-9.-]*$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+def display_path(path: Path) -> str:
+    """Repo-relative when inside the checkout, so records and reports do not change between machines."""
+    try:
+        return str(Path(path).relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 class RegistryError(ValueError):
@@ -58,7 +66,7 @@ class ModelSource:
 
     def describe(self) -> str:
         if self.path is not None:
-            return str(self.path)
+            return display_path(self.path)
         return f"{self.hub}@{self.revision}" if self.revision else str(self.hub)
 
 
@@ -77,7 +85,7 @@ class SaeSource:
         return self.path is not None
 
     def describe(self) -> str:
-        return str(self.path) if self.path is not None else f"{self.release}/{self.sae_id}"
+        return display_path(self.path) if self.path is not None else f"{self.release}/{self.sae_id}"
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,7 @@ class DatasetSource:
         return self.column in ("input_ids", "tokens")
 
     def describe(self) -> str:
-        return str(self.path) if self.path is not None else f"{self.hub}:{self.split}"
+        return display_path(self.path) if self.path is not None else f"{self.hub}:{self.split}"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,29 +41,10 @@ class PairResult:
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(_finite(self.to_dict()), indent=1, sort_keys=True)
+        # NaN/Infinity are written as Python's json writes them (JS literals): undefined metrics stay
+        # floats on the way back, and a decoded token that reads "nan" stays a string.
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PairResult:
-        return cls(**_nan_back(data))
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/inf: encode them as strings so a record stays valid, strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _nan_back(value: Any) -> Any:
-    if value in ("nan", "inf", "-inf"):
-        return float(value)
-    if isinstance(value, dict):
-        return {k: _nan_back(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_nan_back(v) for v in value]
-    return value
+        return cls(**data)
