@@ -54,6 +54,10 @@ def pytest_configure(config: pytest.Config) -> None:
         if not torch.cuda.is_available():
             raise pytest.UsageError("--gpu was given but torch.cuda.is_available() is False "
                                     "(install a CUDA build of torch, see README)")
+    if hasattr(config, "workerinput"):  # xdist: share the cores instead of oversubscribing them
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(config.workerinput["workercount"])))
     tokens = config.getoption("--tokens")
     if tokens is not None and tokens <= 0:
         raise pytest.UsageError(f"--tokens must be positive, got {tokens}")

@@ -192,9 +192,10 @@ def evaluate_pair(pair: Pair, config: RunConfig) -> PairResult:
                           verdict=verdict.to_dict())
 
     processing = loading.processing_for(sae.model_from_pretrained_kwargs)
-    base = loading.load_model(pair.base, device=device, dtype=dtype, processing=processing, allow_hub=config.allow_hub)
-    ft = base if pair.finetune == pair.base else loading.load_model(
-        pair.finetune, device=device, dtype=dtype, processing=processing, allow_hub=config.allow_hub)
+    # n_ctx = the evaluation context: Gemma's default 8192 would allocate 64 MB causal masks per layer
+    load = dict(device=device, dtype=dtype, processing=processing, allow_hub=config.allow_hub, n_ctx=context)
+    base = loading.load_model(pair.base, **load)
+    ft = base if pair.finetune == pair.base else loading.load_model(pair.finetune, **load)
     loading.check_sae_fits(base.model, sae, pair.hook)
     loading.check_sae_fits(ft.model, sae, pair.hook)
     native = None if pair.native_sae is None else loading.load_sae(pair.native_sae, device=device,

@@ -1,0 +1,156 @@
+"""HF `config.json` -> TransformerLens `HookedTransformerConfig`, per architecture.
+
+TransformerLens's `convert_hf_model_config` knows Gemma and Llama only by official name (on a local
+dir it fails or guesses wrong), so the mapping is done here, mirroring TL's own per-architecture
+entries, and TL's weight converters (`transformer_lens.pretrained.weight_conversions`) are reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from saetransfer.loading.errors import UnsupportedArchitectureError
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformerConfig
+    from transformers import PreTrainedConfig
+
+# Default context: TL's own per-family caps (a causal mask of n_ctx^2 per layer), else the
+# checkpoint's maximum.
+_N_CTX_CAP: dict[str, int] = {"MistralForCausalLM": 2048, "LlamaForCausalLM": 2048, "GemmaForCausalLM": 8192}
+
+
+
+def _rope(hf: PreTrainedConfig) -> dict[str, Any]:
+    """Rotary base and scaling; transformers 5 keeps them in `rope_parameters`, 4.x in `rope_scaling`."""
+    params = dict(getattr(hf, "rope_parameters", None) or {})
+    scaling = dict(getattr(hf, "rope_scaling", None) or {}) or params
+    theta = params.get("rope_theta", getattr(hf, "rope_theta", None) or 10000.0)
+    kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    out: dict[str, Any] = {"rotary_base": theta, "positional_embedding_type": "rotary"}
+    if kind == "llama3":
+        out.update(
+            use_NTK_by_parts_rope=True,
+            NTK_original_ctx_len=scaling.get("original_max_position_embeddings", hf.max_position_embeddings),
+            NTK_by_parts_low_freq_factor=scaling.get("low_freq_factor", 1.0),
+            NTK_by_parts_high_freq_factor=scaling.get("high_freq_factor", 4.0),
+            NTK_by_parts_factor=scaling.get("factor", 1.0))
+    elif kind != "default":
+        raise UnsupportedArchitectureError(
+            f"rope scaling {kind!r} has no TransformerLens equivalent (supported: default, llama3)")
+    return out
+
+
+def _refuse(hf: PreTrainedConfig, **forbidden: Any) -> None:
+    for key, bad in forbidden.items():
+        if getattr(hf, key, None) == bad:
+            raise UnsupportedArchitectureError(
+                f"{hf.architectures[0]} with {key}={bad!r} is not supported by TransformerLens's converter")
+
+
+def _gpt2(hf: PreTrainedConfig) -> dict[str, Any]:
+    _refuse(hf, add_cross_attention=True)
+    return {
+        "d_model": hf.n_embd, "d_head": hf.n_embd // hf.n_head, "n_heads": hf.n_head,
+        "d_mlp": hf.n_inner or 4 * hf.n_embd, "n_layers": hf.n_layer,
+        # transformers 5 GPT2Config has no n_ctx; n_positions is the learned-position table
+        "n_ctx": getattr(hf, "n_ctx", None) or hf.n_positions,
+        "eps": hf.layer_norm_epsilon, "d_vocab": hf.vocab_size, "act_fn": hf.activation_function,
+        "use_attn_scale": hf.scale_attn_weights, "use_local_attn": False,
+        "scale_attn_by_inverse_layer_idx": hf.scale_attn_by_inverse_layer_idx, "normalization_type": "LN",
+    }
+
+
+def _gemma(hf: PreTrainedConfig) -> dict[str, Any]:
+    # TL's name-keyed gemma-2b entry says act_fn "gelu"; HF's Gemma runs the tanh approximation
+    # (it rewrites "gelu" to "gelu_pytorch_tanh"), so take HF's value to match HF's logits.
+    _refuse(hf, attention_bias=True)
+    return {
+        "d_model": hf.hidden_size, "d_head": hf.head_dim, "n_heads": hf.num_attention_heads,
+        "d_mlp": hf.intermediate_size, "n_layers": hf.num_hidden_layers, "n_ctx": hf.max_position_embeddings,
+        "eps": hf.rms_norm_eps, "d_vocab": hf.vocab_size, "act_fn": hf.hidden_act,
+        "normalization_type": "RMS", "rotary_dim": hf.head_dim, "use_attn_scale": True,
+        "n_key_value_heads": hf.num_key_value_heads, "gated_mlp": True, "final_rms": True, **_rope(hf),
+    }
+
+
+def _mistral(hf: PreTrainedConfig) -> dict[str, Any]:
+    head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    window = getattr(hf, "sliding_window", None)
+    return {
+        "d_model": hf.hidden_size, "d_head": head, "n_heads": hf.num_attention_heads,
+        "d_mlp": hf.intermediate_size, "n_layers": hf.num_hidden_layers, "n_ctx": hf.max_position_embeddings,
+        "eps": hf.rms_norm_eps, "d_vocab": hf.vocab_size, "act_fn": hf.hidden_act,
+        "window_size": window, "attn_types": ["local"] * hf.num_hidden_layers if window else None,
+        "use_local_attn": bool(window), "n_key_value_heads": hf.num_key_value_heads,
+        "normalization_type": "RMS", "rotary_dim": head, "gated_mlp": True, **_rope(hf),
+    }
+
+
+def _llama(hf: PreTrainedConfig) -> dict[str, Any]:
+    _refuse(hf, attention_bias=True, mlp_bias=True)
+    head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    kv = hf.num_key_value_heads
+    return {
+        "d_model": hf.hidden_size, "d_head": head, "n_heads": hf.num_attention_heads,
+        "d_mlp": hf.intermediate_size, "n_layers": hf.num_hidden_layers, "n_ctx": hf.max_position_embeddings,
+        "eps": hf.rms_norm_eps, "d_vocab": hf.vocab_size, "act_fn": hf.hidden_act,
+        # TL switches to grouped-query attention whenever this is set
+        "n_key_value_heads": kv if kv != hf.num_attention_heads else None,
+        "normalization_type": "RMS", "rotary_adjacent_pairs": False, "rotary_dim": head,
+        "final_rms": True, "gated_mlp": True, **_rope(hf),
+    }
+
+
+_CONFIGS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "GPT2LMHeadModel": _gpt2, "GemmaForCausalLM": _gemma,
+    "MistralForCausalLM": _mistral, "LlamaForCausalLM": _llama,
+}
+
+
+def converter(architecture: str) -> Callable[[Any, Any], dict[str, torch.Tensor]]:
+    """TL's HF -> HookedTransformer state-dict converter for a supported architecture."""
+    from transformer_lens.pretrained import weight_conversions as wc
+
+    return {
+        "GPT2LMHeadModel": wc.convert_gpt2_weights, "GemmaForCausalLM": wc.convert_gemma_weights,
+        "MistralForCausalLM": wc.convert_mistral_weights, "LlamaForCausalLM": wc.convert_llama_weights,
+    }[architecture]
+
+
+def tl_config(hf_config: PreTrainedConfig, *, name: str, n_ctx: int | None = None) -> HookedTransformerConfig:
+    """The fp32 CPU `HookedTransformerConfig` for an HF config (GPT-2, Gemma v1, Mistral, Llama).
+
+    Args:
+        hf_config: the checkpoint's config (`AutoConfig.from_pretrained(dir)`).
+        name: model name recorded in the TL config.
+        n_ctx: longest sequence the model will see; default: TL's cap for the family or the
+            checkpoint's maximum, whichever is smaller.
+
+    Raises:
+        UnsupportedArchitectureError: another architecture, or an option TL cannot express.
+    """
+    from transformer_lens import HookedTransformerConfig
+
+    architecture = _architecture(hf_config)
+    if architecture not in _CONFIGS:
+        raise UnsupportedArchitectureError(
+            f"{name}: architecture {architecture!r} is not supported; supported: {sorted(_CONFIGS)}")
+    cfg = _CONFIGS[architecture](hf_config)
+    limit = cfg["n_ctx"]
+    if n_ctx is not None and not 0 < n_ctx <= limit:
+        raise UnsupportedArchitectureError(f"{name}: n_ctx={n_ctx} outside 1..{limit} (the checkpoint's maximum)")
+    cfg["n_ctx"] = n_ctx or min(limit, _N_CTX_CAP.get(architecture, limit))
+    cfg.update(original_architecture=architecture, model_name=name, init_weights=False, device="cpu",
+               dtype=torch.float32, n_devices=1, default_prepend_bos=True)
+    return HookedTransformerConfig.from_dict(cfg)
+
+
+def _architecture(hf_config: PreTrainedConfig) -> str:
+    architectures = getattr(hf_config, "architectures", None) or []
+    if not architectures:
+        raise UnsupportedArchitectureError(f"config {hf_config.model_type!r} names no architectures[0]")
+    return architectures[0]

@@ -1,0 +1,132 @@
+"""`availability` says in one line what a pair lacks, offline or with --hub, without any request."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from saetransfer.loading import availability
+from saetransfer.loading.testing import fake_hub_cache, save_tiny_sae
+from saetransfer.paths import ZOO
+from saetransfer.registry import DatasetSource, ModelSource, Pair, SaeSource, load_registry
+
+HOOK = "blocks.6.hook_resid_post"
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:] or kwargs}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture
+def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from huggingface_hub import constants as hub_constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def local_pair(tmp_path: Path) -> Pair:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    sae = tmp_path / "sae"
+    sae.mkdir()
+    (sae / "cfg.json").write_text("{}")
+    (tmp_path / "eval.parquet").write_bytes(b"")
+    return Pair(id="tiny__x", base=ModelSource(path=model), finetune=ModelSource(path=model),
+                sae=SaeSource(name="s", path=sae), hook=HOOK,
+                dataset=DatasetSource(path=tmp_path / "eval.parquet", column="input_ids"))
+
+
+HUB_PAIR = Pair(id="gemma-2b__python-codes", base=ModelSource(hub="google/gemma-2b"),
+                finetune=ModelSource(hub="shahdishank/gemma-2b-it-finetune-python-codes"),
+                sae=SaeSource(name="gemma-2b-res-jb", release="gemma-2b-res-jb", sae_id=HOOK), hook=HOOK,
+                dataset=DatasetSource(hub="HuggingFaceFW/fineweb", config="sample-10BT"))
+
+
+def test_local_pair_present(local_pair: Pair) -> None:
+    assert availability(local_pair, allow_hub=False) is None
+    assert availability(local_pair, allow_hub=True) is None
+
+
+def test_missing_zoo_path_suggests_the_build(local_pair: Pair) -> None:
+    pair = replace(local_pair, finetune=ModelSource(path=ZOO / "models" / "no-such-finetune"))
+    expected = ("finetune: missing local path fixtures/zoo/models/no-such-finetune "
+                "(run `python -m saetransfer zoo build`?)")
+    assert availability(pair, allow_hub=False) == expected
+    assert availability(pair, allow_hub=True) == expected  # --hub does not build the zoo
+
+
+def test_local_dirs_must_be_usable(local_pair: Pair, tmp_path: Path) -> None:
+    (tmp_path / "sae" / "cfg.json").unlink()
+    assert availability(local_pair, allow_hub=False) == f"sae: {tmp_path / 'sae'} has no cfg.json"
+
+
+@pytest.mark.usefixtures("hf_cache")
+def test_uncached_hub_pair_offline() -> None:
+    assert availability(HUB_PAIR, allow_hub=False) == (
+        "base: offline: google/gemma-2b is not in the HF cache (pass --hub to download; gated: set HF_TOKEN)")
+
+
+def test_cached_hub_pair_is_available_offline(hf_cache: Path, tmp_path: Path) -> None:
+    """Models (config + weights), the SAE's folder and the dataset found in the HF cache: nothing missing."""
+    model = tmp_path / "files" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")
+    for repo in ("google/gemma-2b", "shahdishank/gemma-2b-it-finetune-python-codes"):
+        fake_hub_cache(hf_cache, repo, model)
+    assert availability(HUB_PAIR, allow_hub=False).startswith("sae: offline: jbloom/Gemma-2b-Residual-Stream-SAEs")
+    from saetransfer.loading.saes import release_location
+
+    _, folder = release_location("gemma-2b-res-jb", HOOK)
+    save_tiny_sae(tmp_path / "files" / "sae" / folder, d_in=8, d_sae=8, hook_name=HOOK)
+    fake_hub_cache(hf_cache, "jbloom/Gemma-2b-Residual-Stream-SAEs", tmp_path / "files" / "sae")
+    assert availability(HUB_PAIR, allow_hub=False) == (
+        "dataset: offline: HuggingFaceFW/fineweb is not in the HF cache (pass --hub to download)")
+    (tmp_path / "files" / "data").mkdir()
+    fake_hub_cache(hf_cache, "HuggingFaceFW/fineweb", tmp_path / "files" / "data", repo_type="dataset")
+    assert availability(HUB_PAIR, allow_hub=False) is None
+
+
+@pytest.mark.usefixtures("hf_cache")
+def test_with_hub_only_gated_repos_without_a_token_are_reported(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    from huggingface_hub import constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    assert availability(HUB_PAIR, allow_hub=True) == (
+        "base: google/gemma-2b is gated and no HF token is configured (accept its licence, then set HF_TOKEN)")
+    monkeypatch.setenv("HF_TOKEN", "hf_dummy")
+    assert availability(HUB_PAIR, allow_hub=True) is None
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    assert "HF_HUB_OFFLINE=1 blocks downloads" in availability(HUB_PAIR, allow_hub=True)
+
+
+def test_unknown_release_is_a_reason(local_pair: Pair) -> None:
+    pair = replace(local_pair, sae=SaeSource(name="x", release="no-such-release", sae_id=HOOK))
+    assert availability(pair, allow_hub=True).startswith("sae: unknown SAELens release 'no-such-release'")
+
+
+@pytest.mark.usefixtures("hf_cache")
+def test_every_registry_pair_gets_an_answer() -> None:
+    """The committed registry: tiny pairs need the zoo, real pairs the Hub; one line each, no request."""
+    for pair in load_registry():
+        reason = availability(pair, allow_hub=False)
+        assert reason is None or ("\n" not in reason and reason.split(": ")[0] in
+                                  ("base", "finetune", "sae", "native_sae", "dataset"))
+        if not pair.is_tiny:
+            assert reason is not None and "offline:" in reason

@@ -1,0 +1,155 @@
+"""Local HF checkpoints of every supported architecture load through TransformerLens with HF's logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from saetransfer.loading import LoadedModel, load_model, load_tokenizer, processing_for
+from saetransfer.loading.testing import TINY_CONFIGS, fake_hub_cache, save_tiny_model, save_word_tokenizer, word_vocab
+from saetransfer.registry import ModelSource
+
+ATOL = 1e-4  # fp32 on CPU; observed max |dlogit| ~1e-7 (different attention kernels, same math)
+WORDS = [f"w{i}" for i in range(60)]
+NO_PROCESSING = {"fold_ln": False, "center_writing_weights": False, "center_unembed": False,
+                 "fold_value_biases": False}
+ARCHITECTURES = sorted(TINY_CONFIGS)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, torch.nn.Module]]:
+    """One tiny seeded checkpoint per architecture, with the HF model that wrote it."""
+    root = tmp_path_factory.mktemp("ckpt")
+    vocab = word_vocab(WORDS)
+    out = {}
+    for arch in ARCHITECTURES:
+        directory = root / arch
+        hf = save_tiny_model(directory, arch, vocab_size=len(vocab))
+        save_word_tokenizer(directory, vocab)
+        out[arch] = (directory, hf)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokens() -> torch.Tensor:
+    torch.manual_seed(1)
+    ids = torch.randint(4, 4 + len(WORDS), (2, 12))
+    ids[:, 0] = 0  # BOS
+    return ids
+
+
+def hf_logits(hf: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return hf(tokens).logits
+
+
+def tl_logits(loaded: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return loaded.model(tokens)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_unprocessed_logits_equal_hf(checkpoints, tokens, arch: str) -> None:
+    """Without weight processing, TL's logits are HF's logits (GQA, Gemma's sqrt(d) embed, sliding window)."""
+    directory, hf = checkpoints[arch]
+    loaded = load_model(ModelSource(path=directory), processing=NO_PROCESSING)
+    torch.testing.assert_close(tl_logits(loaded, tokens), hf_logits(hf, tokens), atol=ATOL, rtol=0)
+    assert loaded.architecture == arch and loaded.revision is None
+    assert loaded.d_vocab == hf.config.vocab_size == loaded.model.cfg.d_vocab
+    assert loaded.model.cfg.normalization_type in ("LN", "RMS")  # nothing folded
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_default_processing_preserves_log_probs(checkpoints, tokens, arch: str) -> None:
+    """TL's default processing (fold LN, centre) changes logits by a per-position constant only."""
+    directory, hf = checkpoints[arch]
+    loaded = load_model(ModelSource(path=directory))
+    torch.testing.assert_close(tl_logits(loaded, tokens).log_softmax(-1), hf_logits(hf, tokens).log_softmax(-1),
+                               atol=ATOL, rtol=0)
+    assert loaded.model.cfg.normalization_type in ("LNPre", "RMSPre")  # folded
+    centred = loaded.model.W_U.mean(-1)
+    torch.testing.assert_close(centred, torch.zeros_like(centred), atol=1e-6, rtol=0)
+
+
+def test_gpt2_sae_basis_processing_keeps_writing_weights_uncentred(checkpoints, tokens) -> None:
+    """`processing_for` an SAE trained with center_writing_weights=False leaves the residual stream as HF's."""
+    directory, hf = checkpoints["GPT2LMHeadModel"]
+    flags = processing_for({"center_writing_weights": False})
+    assert flags == {"fold_ln": True, "center_writing_weights": False, "center_unembed": True,
+                     "fold_value_biases": True}
+    loaded = load_model(ModelSource(path=directory), processing=flags)
+    _, cache = loaded.model.run_with_cache(tokens, names_filter="blocks.1.hook_resid_pre")
+    with torch.no_grad():
+        hidden = hf(tokens, output_hidden_states=True).hidden_states[1]
+    torch.testing.assert_close(cache["blocks.1.hook_resid_pre"], hidden, atol=ATOL, rtol=0)
+
+
+def test_processing_for_reads_sae_kwargs() -> None:
+    """TL defaults (all True), overridden by the SAE's flags; device-like keys do not change the basis."""
+    assert processing_for({}) == dict.fromkeys(NO_PROCESSING, True)
+    assert processing_for({"fold_ln": False, "n_devices": 2, "dtype": "bfloat16"})["fold_ln"] is False
+
+
+def test_extended_vocabulary_keeps_its_rows(tmp_path: Path, tokens) -> None:
+    """A finetune with one added token (MetaMath's PAD) keeps d_vocab = base + 1 and HF's logits on every row."""
+    vocab = word_vocab([*WORDS, "<extra_pad>"])
+    hf = save_tiny_model(tmp_path, "MistralForCausalLM", vocab_size=len(vocab))
+    save_word_tokenizer(tmp_path, vocab)
+    loaded = load_model(ModelSource(path=tmp_path), processing=NO_PROCESSING)
+    assert loaded.d_vocab == len(vocab) == len(word_vocab(WORDS)) + 1
+    torch.testing.assert_close(tl_logits(loaded, tokens), hf_logits(hf, tokens), atol=ATOL, rtol=0)
+
+
+def test_dtype_cast_after_fp32_processing(checkpoints, tokens) -> None:
+    """bf16 is a cast of the fp32-processed weights (never processed in reduced precision)."""
+    directory, _ = checkpoints["LlamaForCausalLM"]
+    fp32 = load_model(ModelSource(path=directory))
+    bf16 = load_model(ModelSource(path=directory), dtype=torch.bfloat16)
+    assert bf16.model.cfg.dtype == torch.bfloat16 and bf16.model.W_U.dtype == torch.bfloat16
+    torch.testing.assert_close(bf16.model.W_U, fp32.model.W_U.to(torch.bfloat16), atol=0, rtol=0)
+
+
+def test_n_ctx_bounds_the_context(checkpoints) -> None:
+    """The default context follows TL's family cap (or the checkpoint); n_ctx sets it explicitly."""
+    directory, _ = checkpoints["MistralForCausalLM"]
+    assert load_model(ModelSource(path=directory)).model.cfg.n_ctx == 64
+    assert load_model(ModelSource(path=directory), n_ctx=16).model.cfg.n_ctx == 16
+
+
+def test_hub_source_loads_from_the_hf_cache_and_records_the_commit(checkpoints, tokens, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Hub repo resolves through the HF cache offline, with the snapshot's commit as the revision."""
+    from huggingface_hub import constants as hub_constants
+
+    directory, hf = checkpoints["GPT2LMHeadModel"]
+    fake_hub_cache(tmp_path, "tiny-org/tiny-gpt2", directory, commit="c" * 40)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    loaded = load_model(ModelSource(hub="tiny-org/tiny-gpt2"), processing=NO_PROCESSING)
+    assert loaded.revision == "c" * 40 and loaded.source.hub == "tiny-org/tiny-gpt2"
+    torch.testing.assert_close(tl_logits(loaded, tokens), hf_logits(hf, tokens), atol=ATOL, rtol=0)
+    assert loaded.tokenizer.get_vocab() == word_vocab(WORDS)
+    assert load_tokenizer(ModelSource(hub="tiny-org/tiny-gpt2")).get_vocab() == word_vocab(WORDS)
+
+
+def test_load_tokenizer_reads_only_the_tokenizer(checkpoints) -> None:
+    """The engine compares tokenizers before loading any weights."""
+    directory, _ = checkpoints["GemmaForCausalLM"]
+    tok = load_tokenizer(ModelSource(path=directory))
+    assert tok.get_vocab() == word_vocab(WORDS) and tok.bos_token_id == 0
+
+
+def test_hub_repo_with_only_pickled_weights(tmp_path: Path, tokens, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Old finetunes (lvwerra/gpt2-imdb era) ship pytorch_model.bin only; it is the fallback to safetensors."""
+    from huggingface_hub import constants as hub_constants
+
+    files = tmp_path / "files"
+    hf = save_tiny_model(files, "GPT2LMHeadModel", vocab_size=len(word_vocab(WORDS)))
+    save_word_tokenizer(files, word_vocab(WORDS))
+    (files / "model.safetensors").unlink()
+    torch.save(hf.state_dict(), files / "pytorch_model.bin")
+    fake_hub_cache(tmp_path / "cache", "old-org/gpt2-finetune", files)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    loaded = load_model(ModelSource(hub="old-org/gpt2-finetune"), processing=NO_PROCESSING)
+    torch.testing.assert_close(tl_logits(loaded, tokens), hf_logits(hf, tokens), atol=ATOL, rtol=0)
