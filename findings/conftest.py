@@ -60,13 +60,19 @@ def result(pair: Any, run_config: dict[str, Any], pytestconfig: pytest.Config) -
                        dtype=run_config["dtype"], allow_hub=run_config["allow_hub"],
                        progress=pytestconfig.getoption("verbose") > 0)
     if pair.test_id not in _RESULTS:
-        reason = availability(pair, allow_hub=config.allow_hub)
+        reason = "needs --gpu (a CUDA machine; too large for a CPU run)" if pair.needs_gpu and config.device != "cuda" \
+            else availability(pair, allow_hub=config.allow_hub)
         if reason is not None:
             write_skip(records_dir(pytestconfig), pair, reason)
             pytest.skip(reason)
-        refresh = run_config["refresh"] and pair.test_id not in _RESULTS
-        _RESULTS[pair.test_id] = run(pair, config, refresh=refresh)
+        try:
+            _RESULTS[pair.test_id] = run(pair, config, refresh=run_config["refresh"])
+        except Exception as err:  # remembered, so the pair's other findings fail fast with the same error
+            _RESULTS[pair.test_id] = err
+            raise
         write_record(records_dir(pytestconfig), pair, _RESULTS[pair.test_id])
+    if isinstance(_RESULTS[pair.test_id], Exception):
+        raise _RESULTS[pair.test_id]
     return _RESULTS[pair.test_id]
 
 
@@ -138,7 +144,7 @@ def metrics_snapshot(snapshot: Any, pair: Any, run_config: dict[str, Any], reque
     tag = f"{run_config['tokens'] or pair.n_tokens}tok-{run_config['device']}-{run_config['dtype']}"
     assertion = snapshot.with_defaults(extension_class=RoundedJSONExtension)(name=tag)
     config = request.config
-    updating = config.option.update_snapshots or getattr(config.option, "update_snapshots_new_only", False)
+    updating = config.option.update_snapshots or config.option.update_new_snapshots_only
 
     def check(metrics: dict[str, Any]) -> None:
         location = Path(assertion.extension.get_location(test_location=assertion.test_location, index=tag))

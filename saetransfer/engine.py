@@ -62,10 +62,19 @@ def hook_start_layer(hook: str) -> int:
 
 
 def library_versions() -> dict[str, str]:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    names = ("torch", "sae-lens", "transformer-lens", "transformers", "saetransfer")
-    return {"python": platform.python_version(), **{n: version(n) for n in names}}
+    import saetransfer
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    names = ("torch", "sae-lens", "transformer-lens", "transformers")
+    return {"python": platform.python_version(), "saetransfer": saetransfer.__version__,
+            **{n: installed(n) for n in names}}
 
 
 class _TopK:

@@ -335,6 +335,8 @@ class LatentPairAccumulator:
         self.max_ft = torch.zeros(d_sae, dtype=torch.float64)
 
     def update(self, base: Float[Tensor, "n s"], ft: Float[Tensor, "n s"]) -> None:
+        if base.shape[0] == 0:  # a batch whose positions were all masked
+            return
         base, ft = base.float(), ft.float()
         self.n += base.shape[0]
         self.sums += torch.stack([
