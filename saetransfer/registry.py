@@ -59,6 +59,10 @@ class ModelSource:
     """Hub revision (branch, tag or commit); None means the default branch, recorded when resolved."""
     trust_remote_code: bool = False
     """Run the repo's own modelling code. Never on unless an entry says so."""
+    interpolate_from: Path | None = None
+    """A local checkpoint of the same shape: the weights become from + alpha * (this - from)."""
+    alpha: float = 1.0
+    """Finetune strength along the straight line from `interpolate_from` (0) to this checkpoint (1)."""
 
     @property
     def is_local(self) -> bool:
@@ -66,6 +70,8 @@ class ModelSource:
 
     def describe(self) -> str:
         if self.path is not None:
+            if self.interpolate_from is not None:
+                return f"{display_path(self.interpolate_from)} + {self.alpha} x ({display_path(self.path)} - it)"
             return display_path(self.path)
         return f"{self.hub}@{self.revision}" if self.revision else str(self.hub)
 
@@ -236,9 +242,17 @@ def _one_of(raw: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
 
 
 def _model(raw: Mapping[str, Any], base_dir: Path, where: str) -> ModelSource:
-    _check_keys(raw, ("hub", "path", "tl_name", "revision", "trust_remote_code"), where)
+    _check_keys(raw, ("hub", "path", "tl_name", "revision", "trust_remote_code", "interpolate_from", "alpha"), where)
     _one_of(raw, ("hub", "path"), where)
+    start = _typed(raw, "interpolate_from", str, where)
+    alpha = float(_typed(raw, "alpha", (int, float), where, 1.0))
+    if start is not None and raw.get("path") is None:
+        raise _fail(where, "field 'interpolate_from' needs a local 'path' to interpolate towards")
+    if start is None and "alpha" in raw:
+        raise _fail(where, "field 'alpha' needs 'interpolate_from'")
     return ModelSource(
+        interpolate_from=None if start is None else (base_dir / start).resolve(),
+        alpha=alpha,
         hub=_typed(raw, "hub", str, where),
         path=_path(raw, base_dir, where),
         tl_name=_typed(raw, "tl_name", str, where),

@@ -30,6 +30,10 @@ def availability(pair: Pair, *, allow_hub: bool) -> str | None:
 
 
 def _check(source: ModelSource | SaeSource | DatasetSource, *, allow_hub: bool) -> str | None:
+    if isinstance(source, ModelSource) and source.interpolate_from is not None:
+        reason = _local(Path(source.interpolate_from), source)
+        if reason is not None:
+            return reason
     if source.path is not None:
         return _local(Path(source.path), source)
     if isinstance(source, SaeSource):

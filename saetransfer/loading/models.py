@@ -147,6 +147,22 @@ def load_tokenizer(source: ModelSource, *, allow_hub: bool = False) -> PreTraine
     return AutoTokenizer.from_pretrained(folder, trust_remote_code=source.trust_remote_code)
 
 
+def _interpolate(hf_model: Any, source: ModelSource, remote: bool) -> None:
+    """In place: weights = start + alpha * (weights - start), a finetune-strength axis for controls."""
+    from transformers import AutoModelForCausalLM
+
+    start_dir, _ = checkpoint_dir(ModelSource(path=source.interpolate_from))
+    start = AutoModelForCausalLM.from_pretrained(start_dir, dtype=torch.float32, trust_remote_code=remote)
+    start_params = dict(start.named_parameters())
+    with torch.no_grad():
+        for name, param in hf_model.named_parameters():
+            other = start_params.get(name)
+            if other is None or other.shape != param.shape:
+                raise UnsupportedArchitectureError(
+                    f"cannot interpolate {source.describe()}: parameter {name} differs in shape or is missing")
+            param.copy_(other + source.alpha * (param - other))
+
+
 def load_model(source: ModelSource, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
                processing: Mapping[str, bool] | None = None, allow_hub: bool = False,
                n_ctx: int | None = None) -> LoadedModel:
@@ -175,6 +191,8 @@ def load_model(source: ModelSource, *, device: str = "cpu", dtype: torch.dtype =
     cfg = tl_config(hf_config, name=source.tl_name or source.hub or folder.name, n_ctx=n_ctx)
     hf_model = AutoModelForCausalLM.from_pretrained(folder, config=hf_config, dtype=torch.float32,
                                                     trust_remote_code=remote)
+    if source.interpolate_from is not None:
+        _interpolate(hf_model, source, remote)
     with torch.no_grad():
         state_dict = converter(cfg.original_architecture)(hf_model, cfg)
     rows = hf_model.get_output_embeddings().weight.shape[0]
