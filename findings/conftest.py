@@ -54,7 +54,7 @@ def result(pair: Any, run_config: dict[str, Any], pytestconfig: pytest.Config) -
     """The pair's PairResult (read-only). Skips with the reason when the pair cannot run here."""
     from saetransfer.engine import RunConfig, run
     from saetransfer.loading import availability
-    from saetransfer.records import write_record, write_skip
+    from saetransfer.report.records import write_record, write_skip
 
     config = RunConfig(n_tokens=run_config["tokens"] or pair.n_tokens, device=run_config["device"],
                        dtype=run_config["dtype"], allow_hub=run_config["allow_hub"],
@@ -181,7 +181,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(session.config, "workerinput") or not _OUTCOMES:
         return
     from saetransfer.paths import REPORTS
-    from saetransfer.records import merge_outcomes
+    from saetransfer.report.records import merge_outcomes
     from saetransfer.report import render_report
 
     merge_outcomes(records_dir(session.config), _OUTCOMES)

@@ -9,7 +9,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = REPO_ROOT / "fixtures"
 DEFAULT_REGISTRY = FIXTURES / "pairs.toml"
 ZOO = FIXTURES / "zoo"
-REPORTS = REPO_ROOT / "reports"
+REPORTS = Path(os.environ.get("SAETRANSFER_REPORTS", REPO_ROOT / "reports"))
+"""The rendered report; `SAETRANSFER_REPORTS` points a scratch run elsewhere."""
 RECORDS = REPORTS / "records"
 
 

@@ -109,7 +109,7 @@ def incompatible_result() -> PairResult:
 
 
 def write_record(records: Path, result: PairResult, expected: str | None, outcomes: dict | None = None) -> Path:
-    """The on-disk format of `saetransfer.records.write_record` (+ merge_outcomes)."""
+    """The on-disk format of `saetransfer.report.records.write_record` (+ merge_outcomes)."""
     data = json.loads(result.to_json())
     data["expected"] = {"verdict": expected, "source": "test", "extrapolated": False} if expected else None
     data["outcomes"] = outcomes or {}

@@ -1,4 +1,9 @@
-"""Read the records a pytest run leaves on disk: one evaluated pair per `*.json`, skips under `skipped/`.
+"""The records a pytest run leaves on disk: one evaluated pair per `*.json`, skips under `skipped/`.
+
+Written by the findings (`write_record`, `write_skip`, `merge_outcomes`); read by the renderer.
+`<dir>/<test_id>.json` holds the pair's PairResult plus `expected` and `outcomes` (finding name ->
+outcome and reason); `<dir>/skipped/<test_id>.json` says why a pair could not run here. A skip never
+hides a real record from an earlier run (a GPU run's record stays when a CPU run skips the pair).
 
 The report is rendered from every record present, so a `-k` run adds or updates rows and never
 shrinks the report. A file that cannot be read becomes a warning line in the report, not a crash.
@@ -9,11 +14,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from saetransfer.paths import REPO_ROOT
+from saetransfer.registry import Pair
 from saetransfer.results import PairResult
 
 SKIPPED_DIR = "skipped"
@@ -151,3 +158,45 @@ def load_entries(records_dir: Path) -> tuple[list[Entry], list[str]]:
         merged[test_id] = entry if skip is None else dataclasses.replace(
             entry, skip_reason=skip.skip_reason, expected=entry.expected or skip.expected)
     return [merged[k] for k in sorted(merged)], warnings
+
+
+# ---------------------------------------------------------------------------------------------
+# writing (the findings' side)
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def write_record(directory: Path, pair: Pair, result: PairResult) -> Path:
+    path = directory / f"{pair.test_id}.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    data = json.loads(result.to_json())
+    data["expected"] = asdict(pair.expected) if pair.expected else None
+    data["outcomes"] = old.get("outcomes", {})
+    _write(path, data)
+    (directory / SKIPPED_DIR / f"{pair.test_id}.json").unlink(missing_ok=True)
+    return path
+
+
+def write_skip(directory: Path, pair: Pair, reason: str) -> None:
+    """Why `pair` did not run now; an earlier run's record stays, and the report shows both."""
+    _write(directory / SKIPPED_DIR / f"{pair.test_id}.json",
+           {"test_id": pair.test_id, "pair_id": pair.id, "reason": reason,
+            "expected": asdict(pair.expected) if pair.expected else None})
+
+
+def merge_outcomes(directory: Path, outcomes: dict[str, dict[str, dict[str, str]]]) -> None:
+    """Add {test_id: {finding: {outcome, reason}}} into the existing records (run on the controller only)."""
+    for test_id, by_finding in outcomes.items():
+        path = directory / f"{test_id}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        data["outcomes"] = {**data.get("outcomes", {}), **by_finding}
+        _write(path, data)
