@@ -121,11 +121,10 @@ class _ModelSide:
                row_offset: int) -> dict[str, Float[Tensor, "n s"]]:
         """Splice every SAE in, update the accumulators, return each SAE's latents on the kept positions."""
         n_layers = self.model.cfg.n_layers
-        final_clean = self.model(acts, start_at_layer=self.start, stop_at_layer=n_layers)
-        ce_kept = kept[:, :-1]
-        rows, positions = ce_kept.nonzero(as_tuple=True)
-        targets = tokens[:, 1:][ce_kept]
-        clean_at = final_clean[:, :-1][ce_kept]
+        final_clean = self.model(acts, start_at_layer=self.start, stop_at_layer=n_layers)[kept]
+        rows, positions = kept.nonzero(as_tuple=True)
+        # the next token where there is one (-1 at a row's last position: KL counts it, CE cannot)
+        targets = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], -1)], dim=1)[kept]
         latents = {}
         for name, sae in self.saes.items():
             x = acts[kept]
@@ -135,19 +134,18 @@ class _ModelSide:
             latents[name] = feats
             spliced = acts.clone()
             spliced[kept] = x_hat.to(acts.dtype)
-            final_sae = self.model(spliced, start_at_layer=self.start, stop_at_layer=n_layers)[:, :-1][ce_kept]
+            final_sae = self.model(spliced, start_at_layer=self.start, stop_at_layer=n_layers)[kept]
             chunk = max(1, LOGIT_CHUNK_ELEMENTS // self.model.cfg.d_vocab_out)
             for lo in range(0, targets.numel(), chunk):
                 sl = slice(lo, lo + chunk)
-                kl = self.down[name].update(_final_logits(self.model, clean_at[sl]),
+                kl = self.down[name].update(_final_logits(self.model, final_clean[sl]),
                                             _final_logits(self.model, final_sae[sl]),
                                             self.ablated_logits, targets[sl], self.keep_vocab)
                 if name == "base":
                     self.worst_kl.update(kl, rows[sl] + row_offset, positions[sl])
             if name == "base":
                 err = ((x.float() - x_hat.float()) ** 2).sum(-1) / (x.float() ** 2).sum(-1).clamp(min=1e-12)
-                r, p = kept.nonzero(as_tuple=True)
-                self.worst_recon.update(err, r + row_offset, p)
+                self.worst_recon.update(err, rows + row_offset, positions)
         return latents
 
     def sae_result(self, name: str) -> dict[str, Any]:

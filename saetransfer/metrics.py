@@ -268,11 +268,17 @@ def token_log_probs(logits: Float[Tensor, "n v"], keep_vocab: int) -> tuple[Floa
 
 
 class DownstreamAccumulator:
-    """CE (clean, spliced, zero-ablated) and KL(clean || ·) over the kept CE positions."""
+    """CE (clean, spliced, zero-ablated) over kept positions with a next token, KL(clean || ·) over all kept.
+
+    As in SAELens: KL compares two distributions and needs no target, so a row's last position counts;
+    CE needs the next token, so it does not.
+    """
 
     def __init__(self) -> None:
-        self.n = 0.0
-        self.sums = torch.zeros(5, dtype=torch.float64)  # ce clean, ce sae, ce abl, kl sae, kl abl
+        self.n_ce = 0.0
+        self.n_kl = 0.0
+        self.ce = torch.zeros(3, dtype=torch.float64)  # clean, sae, abl
+        self.kl = torch.zeros(2, dtype=torch.float64)  # sae, abl
         self.dropped_mass = 0.0
         self.dropped_mass_max = 0.0
 
@@ -284,28 +290,31 @@ class DownstreamAccumulator:
         targets: Int[Tensor, " n"],
         keep_vocab: int,
     ) -> Float[Tensor, " n"]:
-        """Add one chunk of positions; returns the per-token KL(clean || spliced) for top-k tracking."""
+        """Add one chunk of positions (target -1: no next token); returns per-token KL(clean || spliced)."""
         lp_clean, dropped = token_log_probs(clean, keep_vocab)
         lp_sae, _ = token_log_probs(spliced, keep_vocab)
         lp_abl, _ = token_log_probs(ablated.unsqueeze(0), keep_vocab)
         p_clean = lp_clean.exp()
-        t = targets.unsqueeze(-1)
         kl_sae = (p_clean * (lp_clean - lp_sae)).sum(-1)
         kl_abl = (p_clean * (lp_clean - lp_abl)).sum(-1)
-        per_token = torch.stack([
-            -lp_clean.gather(-1, t).squeeze(-1), -lp_sae.gather(-1, t).squeeze(-1),
-            -lp_abl.squeeze(0)[targets], kl_sae, kl_abl,
+        has_next = targets >= 0
+        t = targets[has_next].unsqueeze(-1)
+        ce = torch.stack([
+            -lp_clean[has_next].gather(-1, t).squeeze(-1), -lp_sae[has_next].gather(-1, t).squeeze(-1),
+            -lp_abl.squeeze(0)[targets[has_next]],
         ])
-        self.n += targets.numel()
-        self.sums += per_token.sum(dim=1, dtype=torch.float64).cpu()
-        self.dropped_mass += float(dropped.sum(dtype=torch.float64))
+        self.n_ce += float(has_next.sum())
+        self.n_kl += targets.numel()
+        self.ce += ce.sum(dim=1, dtype=torch.float64).cpu()
+        self.kl += torch.stack([kl_sae, kl_abl]).sum(dim=1, dtype=torch.float64).cpu()
+        self.dropped_mass += float(dropped[has_next].sum(dtype=torch.float64))
         if dropped.numel():
             self.dropped_mass_max = max(self.dropped_mass_max, float(dropped.max()))
         return kl_sae
 
     def result(self) -> dict[str, float]:
-        n = max(self.n, 1.0)
-        ce_clean, ce_sae, ce_abl, kl_sae, kl_abl = (self.sums / n).tolist()
+        ce_clean, ce_sae, ce_abl = (self.ce / max(self.n_ce, 1.0)).tolist()
+        kl_sae, kl_abl = (self.kl / max(self.n_kl, 1.0)).tolist()
         return {
             "ce_clean": ce_clean,
             "ce_spliced": ce_sae,
@@ -315,7 +324,7 @@ class DownstreamAccumulator:
             "kl_spliced": kl_sae,
             "kl_ablation": kl_abl,
             "kl_div_score": safe_ratio(kl_abl - kl_sae, kl_abl),
-            "dropped_vocab_mass_mean": self.dropped_mass / n,
+            "dropped_vocab_mass_mean": self.dropped_mass / max(self.n_ce, 1.0),
             "dropped_vocab_mass_max": self.dropped_mass_max,
         }
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-METRIC_VERSION = 1
+METRIC_VERSION = 2
 """Bump when any metric's definition or the engine's masking changes: cached results are keyed on it."""
 
 

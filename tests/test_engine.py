@@ -5,7 +5,6 @@ These build models in memory (no zoo, no loading), so they pin the engine's arit
 
 from __future__ import annotations
 
-import copy
 import math
 from types import SimpleNamespace
 
@@ -86,10 +85,13 @@ def stream(base, ft, sae, toks, native=None, **kw):
 @pytest.fixture(scope="module")
 def models():
     base = tiny_model(0)
-    ft = copy.deepcopy(base)
-    with torch.no_grad():
-        for p in ft.blocks[0].parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    ft = tiny_model(0)  # a fresh model, not copy.deepcopy: TL 3.9 copies misbehave after in-place edits
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    gen = torch.Generator().manual_seed(1)
+    for name, value in state.items():
+        if name.startswith("blocks.0.") and value.is_floating_point() and value.isfinite().all():
+            value.add_(0.05 * torch.randn(value.shape, generator=gen))
+    ft.load_state_dict(state)
     return base, ft
 
 
