@@ -173,10 +173,25 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+RECORD_DIGITS = 7
+"""Significant digits kept in records: the last digits of a float sum depend on the thread count, and
+a committed report must not churn on them (the result cache keeps full precision)."""
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.{RECORD_DIGITS}g}") if value == value and abs(value) != float("inf") else value
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def write_record(directory: Path, pair: Pair, result: PairResult) -> Path:
     path = directory / f"{pair.test_id}.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    data = json.loads(result.to_json())
+    data = _rounded(json.loads(result.to_json()))
     data["expected"] = asdict(pair.expected) if pair.expected else None
     data["outcomes"] = old.get("outcomes", {})
     _write(path, data)
