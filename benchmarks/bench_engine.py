@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # runs from a checkout without `pip install -e .` too
 OUT = ROOT / "benchmarks" / "results" / "engine.json"
 
 

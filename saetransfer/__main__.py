@@ -92,11 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     pairs.add_argument("--registry", action="append", default=[])
     ns = parser.parse_args(argv)
     _offline_unless(getattr(ns, "hub", False))
-    if ns.command == "run":
-        return _run(ns)
-    if ns.command == "report":
-        return _report()
-    return _pairs(ns)
+    from saetransfer.loading import LoadingError
+    from saetransfer.registry import RegistryError, UnknownPairError
+
+    try:
+        if ns.command == "run":
+            return _run(ns)
+        if ns.command == "report":
+            return _report()
+        return _pairs(ns)
+    except (RegistryError, UnknownPairError, LoadingError) as err:  # bad input: a message, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

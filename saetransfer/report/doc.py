@@ -7,6 +7,7 @@ code host), `to_html` embeds them as base64 data URIs (one self-contained file t
 from __future__ import annotations
 
 import base64
+import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -134,7 +135,7 @@ def _html_block(block: Block) -> str:
             data = base64.b64encode(png).decode("ascii")
             return f'<img alt="{html_text(alt)}" src="data:image/png;base64,{data}">'
         case Markdown(text):
-            return f'<pre class="md">{html_text(text.strip())}</pre>'
+            return f'<pre class="md">{html.escape(text.strip())}</pre>'  # keep the newlines: it is a block
     raise TypeError(f"unknown block {block!r}")
 
 

@@ -126,7 +126,9 @@ def expected_text(entry: Entry) -> str:
 
 
 def _reasons_cell(entry: Entry) -> str:
-    parts = reasons(entry)
+    # the headline reason only ("fails: bad on explained variance, KL score"); the per-metric lines
+    # with their numbers are in the pair's own section, one link away
+    parts = reasons(entry)[:1]
     if entry.skip_reason is not None:
         prefix = "latest run did not evaluate it: " if entry.result is not None else ""
         parts.append(f"{prefix}{entry.skip_reason}")
