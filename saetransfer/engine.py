@@ -125,27 +125,28 @@ class _ModelSide:
         rows, positions = kept.nonzero(as_tuple=True)
         # the next token where there is one (-1 at a row's last position: KL counts it, CE cannot)
         targets = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], -1)], dim=1)[kept]
-        latents = {}
+        latents, finals = {}, {}
+        x = acts[kept]
         for name, sae in self.saes.items():
-            x = acts[kept]
             feats = sae.encode(x.to(sae.dtype))
             x_hat = sae.decode(feats)
             self.recon[name].update(x, x_hat, feats)
             latents[name] = feats
             spliced = acts.clone()
             spliced[kept] = x_hat.to(acts.dtype)
-            final_sae = self.model(spliced, start_at_layer=self.start, stop_at_layer=n_layers)[kept]
-            chunk = max(1, LOGIT_CHUNK_ELEMENTS // self.model.cfg.d_vocab_out)
-            for lo in range(0, targets.numel(), chunk):
-                sl = slice(lo, lo + chunk)
-                kl = self.down[name].update(_final_logits(self.model, final_clean[sl]),
-                                            _final_logits(self.model, final_sae[sl]),
-                                            self.ablated_logits, targets[sl], self.keep_vocab)
-                if name == "base":
-                    self.worst_kl.update(kl, rows[sl] + row_offset, positions[sl])
+            finals[name] = self.model(spliced, start_at_layer=self.start, stop_at_layer=n_layers)[kept]
             if name == "base":
                 err = ((x.float() - x_hat.float()) ** 2).sum(-1) / (x.float() ** 2).sum(-1).clamp(min=1e-12)
                 self.worst_recon.update(err, rows + row_offset, positions)
+        chunk = max(1, LOGIT_CHUNK_ELEMENTS // self.model.cfg.d_vocab_out)
+        for lo in range(0, targets.numel(), chunk):
+            sl = slice(lo, lo + chunk)
+            clean = metrics.CleanDistribution.from_logits(_final_logits(self.model, final_clean[sl]),
+                                                          self.ablated_logits, self.keep_vocab)
+            for name, final in finals.items():
+                kl = self.down[name].update(clean, _final_logits(self.model, final[sl]), targets[sl], self.keep_vocab)
+                if name == "base":
+                    self.worst_kl.update(kl, rows[sl] + row_offset, positions[sl])
         return latents
 
     def sae_result(self, name: str) -> dict[str, Any]:

@@ -267,6 +267,27 @@ def token_log_probs(logits: Float[Tensor, "n v"], keep_vocab: int) -> tuple[Floa
     return torch.log_softmax(logits, dim=-1), dropped
 
 
+@dataclass(frozen=True)
+class CleanDistribution:
+    """The clean model's next-token distribution on a chunk of positions, computed once per chunk and
+    shared by every SAE spliced into that model (and by the zero-ablation baseline)."""
+
+    log_probs: Float[Tensor, "n v"]
+    probs: Float[Tensor, "n v"]
+    neg_entropy: Float[Tensor, " n"]
+    """sum_v p log p: KL(clean || q) = neg_entropy - sum_v p log q."""
+    dropped_mass: Float[Tensor, " n"]
+    ablated_log_probs: Float[Tensor, " v"]
+
+    @classmethod
+    def from_logits(cls, logits: Float[Tensor, "n v"], ablated_logits: Float[Tensor, " v"],
+                    keep_vocab: int) -> CleanDistribution:
+        log_probs, dropped = token_log_probs(logits, keep_vocab)
+        probs = log_probs.exp()
+        ablated, _ = token_log_probs(ablated_logits.unsqueeze(0), keep_vocab)
+        return cls(log_probs, probs, (probs * log_probs).sum(-1), dropped, ablated.squeeze(0))
+
+
 class DownstreamAccumulator:
     """CE (clean, spliced, zero-ablated) over kept positions with a next token, KL(clean || ·) over all kept.
 
@@ -282,31 +303,23 @@ class DownstreamAccumulator:
         self.dropped_mass = 0.0
         self.dropped_mass_max = 0.0
 
-    def update(
-        self,
-        clean: Float[Tensor, "n v"],
-        spliced: Float[Tensor, "n v"],
-        ablated: Float[Tensor, " v"],
-        targets: Int[Tensor, " n"],
-        keep_vocab: int,
-    ) -> Float[Tensor, " n"]:
+    def update(self, clean: CleanDistribution, spliced: Float[Tensor, "n v"], targets: Int[Tensor, " n"],
+               keep_vocab: int) -> Float[Tensor, " n"]:
         """Add one chunk of positions (target -1: no next token); returns per-token KL(clean || spliced)."""
-        lp_clean, dropped = token_log_probs(clean, keep_vocab)
         lp_sae, _ = token_log_probs(spliced, keep_vocab)
-        lp_abl, _ = token_log_probs(ablated.unsqueeze(0), keep_vocab)
-        p_clean = lp_clean.exp()
-        kl_sae = (p_clean * (lp_clean - lp_sae)).sum(-1)
-        kl_abl = (p_clean * (lp_clean - lp_abl)).sum(-1)
+        kl_sae = clean.neg_entropy - (clean.probs * lp_sae).sum(-1)
+        kl_abl = clean.neg_entropy - clean.probs @ clean.ablated_log_probs  # one vector: a matrix-vector product
         has_next = targets >= 0
         t = targets[has_next].unsqueeze(-1)
         ce = torch.stack([
-            -lp_clean[has_next].gather(-1, t).squeeze(-1), -lp_sae[has_next].gather(-1, t).squeeze(-1),
-            -lp_abl.squeeze(0)[targets[has_next]],
+            -clean.log_probs[has_next].gather(-1, t).squeeze(-1), -lp_sae[has_next].gather(-1, t).squeeze(-1),
+            -clean.ablated_log_probs[targets[has_next]],
         ])
         self.n_ce += float(has_next.sum())
         self.n_kl += targets.numel()
         self.ce += ce.sum(dim=1, dtype=torch.float64).cpu()
         self.kl += torch.stack([kl_sae, kl_abl]).sum(dim=1, dtype=torch.float64).cpu()
+        dropped = clean.dropped_mass
         self.dropped_mass += float(dropped[has_next].sum(dtype=torch.float64))
         if dropped.numel():
             self.dropped_mass_max = max(self.dropped_mass_max, float(dropped.max()))

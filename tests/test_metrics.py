@@ -100,7 +100,7 @@ def test_identical_logits_give_zero_kl_and_full_recovery(seed):
     ablated = torch.randn(11, generator=gen)
     targets = torch.randint(0, 11, (20,), generator=gen)
     acc = metrics.DownstreamAccumulator()
-    acc.update(clean, clean.clone(), ablated, targets, keep_vocab=11)
+    acc.update(metrics.CleanDistribution.from_logits(clean, ablated, 11), clean.clone(), targets, keep_vocab=11)
     out = acc.result()
     assert out["kl_spliced"] == pytest.approx(0.0, abs=1e-6) and out["ce_delta"] == pytest.approx(0.0, abs=1e-6)
     if not math.isnan(out["ce_loss_score"]):
@@ -112,7 +112,8 @@ def test_ablation_equal_to_clean_makes_the_ratios_nan():
     """CE recovered and KL score with a zero denominator are NaN, never a division by a tiny number."""
     clean = torch.zeros(5, 7)
     acc = metrics.DownstreamAccumulator()
-    acc.update(clean, clean + torch.randn(5, 7), torch.zeros(7), torch.arange(5), keep_vocab=7)
+    acc.update(metrics.CleanDistribution.from_logits(clean, torch.zeros(7), 7), clean + torch.randn(5, 7),
+               torch.arange(5), keep_vocab=7)
     out = acc.result()
     assert math.isnan(out["ce_loss_score"]) and math.isnan(out["kl_div_score"])
 

@@ -47,8 +47,9 @@ def _sae_side(x: torch.Tensor, x_hat: torch.Tensor, feats: torch.Tensor, gen: to
     recon.update(x, x_hat, feats)
     down = metrics.DownstreamAccumulator()
     clean = torch.randn(x.shape[0], 32, generator=gen)
-    down.update(clean, clean + 0.3 * torch.randn(clean.shape, generator=gen), torch.zeros(32),
-                torch.randint(0, 32, (x.shape[0],), generator=gen), 32)
+    down.update(metrics.CleanDistribution.from_logits(clean, torch.zeros(32), 32),
+                clean + 0.3 * torch.randn(clean.shape, generator=gen), torch.randint(0, 32, (x.shape[0],), generator=gen),
+                32)
     out = {**recon.result(), **down.result(), "flags": []}
     out["log10_density_histogram"] = metrics.density_histogram(recon.densities()).to_dict()
     return out
