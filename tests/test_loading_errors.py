@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,24 +23,6 @@ pytestmark = pytest.mark.filterwarnings(
 WORDS = [f"w{i}" for i in range(30)]
 HOOK = "blocks.1.hook_resid_pre"
 ABSENT = ZOO / "models" / "no-such-model-for-tests"
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any connection attempt fails the test loudly instead of hanging or reaching the Hub."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[1:] or kwargs}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
-@pytest.fixture
-def empty_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from huggingface_hub import constants as hub_constants
-
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    return tmp_path / "hf-cache"
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +91,7 @@ def test_incompatible_tokenizers(tmp_path: Path, model: LoadedModel) -> None:
         require_compatible(model.tokenizer, other, ids)
 
 
-@pytest.mark.usefixtures("no_network", "empty_hf_cache")
+@pytest.mark.usefixtures("no_network", "hf_cache")
 def test_hub_sources_offline_fail_fast_without_network(model: LoadedModel) -> None:
     """Offline, an uncached Hub model, SAE release or dataset says so (and how to fix it) without any request."""
     with pytest.raises(HubUnavailableError, match=r"offline: google/gemma-2b \(model\) is not in the HF cache "
@@ -127,7 +108,7 @@ def test_hub_sources_offline_fail_fast_without_network(model: LoadedModel) -> No
                       prepend_bos=True, seed=0)
 
 
-@pytest.mark.usefixtures("no_network", "empty_hf_cache")
+@pytest.mark.usefixtures("no_network", "hf_cache")
 def test_allow_hub_under_hf_hub_offline_says_which_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     """With allow_hub but HF_HUB_OFFLINE=1 in the environment, the message names the variable."""
     from huggingface_hub import constants as hub_constants
