@@ -27,7 +27,8 @@ def _evidence(args: list[str]) -> int:
 
     from saetransfer.paths import REPO_ROOT, REPORTS
 
-    code = pytest.main([str(REPO_ROOT / "findings"), "-p", "no:randomly", *args])
+    # -v: one line per finding as it completes, the evidence run's progress (a -q in args reduces it again)
+    code = pytest.main([str(REPO_ROOT / "findings"), "-v", *args])
     print(f"\nreport: {REPORTS / 'README.md'}  (HTML: {REPORTS / 'report.html'})")
     return int(code)
 
