@@ -175,6 +175,7 @@ def evaluate_pair(pair: Pair, config: RunConfig) -> PairResult:
     from saetransfer.verdict import SaeQuality, decide
 
     device, dtype = config.device, config.torch_dtype
+    hook_start_layer(pair.hook)  # an unsupported hook fails here, before anything is loaded
     sae = loading.load_sae(pair.sae, device=device, allow_hub=config.allow_hub)
     context = pair.context_size or sae.context_size
     prepend_bos = sae.prepend_bos if pair.prepend_bos is None else pair.prepend_bos
@@ -196,7 +197,7 @@ def evaluate_pair(pair: Pair, config: RunConfig) -> PairResult:
     if not compat.compatible:
         verdict = decide(base=SaeQuality(), finetune=SaeQuality(), architecture=sae.architecture,
                          comparable=False, not_comparable_reason=compat.reason)
-        return PairResult(provenance=provenance, tokenizer=comparison.to_dict(), compatibility=_compat_dict(compat),
+        return PairResult(provenance=provenance, tokenizer=comparison.to_dict(), compatibility=compat.to_dict(),
                           verdict=verdict.to_dict())
 
     processing = loading.processing_for(sae.model_from_pretrained_kwargs)
@@ -208,6 +209,8 @@ def evaluate_pair(pair: Pair, config: RunConfig) -> PairResult:
     loading.check_sae_fits(ft.model, sae, pair.hook)
     native = None if pair.native_sae is None else loading.load_sae(pair.native_sae, device=device,
                                                                      allow_hub=config.allow_hub)
+    if native is not None:
+        loading.check_sae_fits(ft.model, native, pair.hook)
     provenance.update(base_revision=base.revision, finetune_revision=ft.revision,
                       base_d_vocab=base.d_vocab, finetune_d_vocab=ft.d_vocab)
 
@@ -217,12 +220,8 @@ def evaluate_pair(pair: Pair, config: RunConfig) -> PairResult:
         base=_quality(result["sae"]["base"], sae.d_sae), finetune=_quality(result["sae"]["finetune"], sae.d_sae),
         native=_quality(result["sae"]["native_on_finetune"], native.d_sae) if native else None,
         architecture=sae.architecture)
-    return PairResult(provenance=provenance, tokenizer=comparison.to_dict(), compatibility=_compat_dict(compat),
+    return PairResult(provenance=provenance, tokenizer=comparison.to_dict(), compatibility=compat.to_dict(),
                       verdict=verdict.to_dict(), **result)
-
-
-def _compat_dict(compat: Any) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in compat.__dict__.items()}
 
 
 def _quality(sae_metrics: dict[str, Any], d_sae: int) -> Any:
