@@ -28,8 +28,9 @@ def choices(cfg: ZooConfig) -> dict[str, str]:
         "saes": f"SAELens standard (ReLU + L1) SAEs via LanguageModelSAETrainingRunner, d_sae {s.d_sae}, l1 "
                 f"{s.l1_coefficient:g}, lr {s.lr:g}, {s.training_tokens:,} tokens of training prose (l1 5 / 1.2M tokens "
                 "gave EV 0.76 at L0 68, l1 4 / 2.4M EV 0.76 at L0 37: L1 shrinkage capped EV), activations "
-                "normalised (expected_average_only_in, folded into the saved weights). ReLU, not TopK: TopK pins L0 "
-                "and hides the L0 blow-up on the code finetune. base-relu reads models/base, code-relu models/code "
+                "normalised (expected_average_only_in, folded into the saved weights). ReLU, as in the post, not "
+                "TopK: TopK pins L0 at k, so L0 could not move when transfer fails (Kissane et al.'s L0 blow-up; on "
+                "this zoo's code finetune L0 grows only mildly). base-relu reads models/base, code-relu models/code "
                 "(the finetune-native reference SAE), both over the same prose.",
         "weights": "models saved in bf16 (safetensors) to keep fixtures small; every metric here is computed from "
                    "the weights as saved and reloaded into fp32 TransformerLens models (unprocessed: no LN folding, "
