@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
+from saetransfer.files import write_atomic
 from saetransfer.results import PairResult
 
 
@@ -33,14 +32,6 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def cached_result(directory: Path, key: str, compute: Callable[[], PairResult], refresh: bool = False) -> PairResult:
     """Read `key` from `directory`, or compute, store and return it; one process computes at a time."""
     path = Path(directory) / f"{key}.json"
@@ -52,5 +43,5 @@ def cached_result(directory: Path, key: str, compute: Callable[[], PairResult], 
             except (json.JSONDecodeError, TypeError):
                 pass  # a truncated or older-format entry: recompute it
         result = compute()
-        _atomic_write(path, result.to_json())
+        write_atomic(path, result.to_json().encode())
         return result

@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saetransfer.files import write_atomic
 from saetransfer.paths import REPO_ROOT
 from saetransfer.registry import Pair
 from saetransfer.results import PairResult
@@ -165,12 +165,7 @@ def load_entries(records_dir: Path) -> tuple[list[Entry], list[str]]:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 RECORD_DIGITS = 7

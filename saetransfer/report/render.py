@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from saetransfer.files import write_atomic
 from saetransfer.report.doc import to_html, to_markdown
 from saetransfer.report.fmt import MISSING
 from saetransfer.report.plots import PLOTS, Plot, inputs_key, pair_plots
@@ -36,18 +35,6 @@ class ReportFiles:
     warnings: tuple[str, ...] = ()
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Atomic, and only when the bytes change: an unchanged report leaves files (and mtimes) alone."""
-    if path.is_file() and path.read_bytes() == data:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # unique per writer
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are files to share and commit
-    os.replace(tmp, path)
-
-
 def _cached_plots(result: PairResult, folder: Path) -> list[Plot]:
     """The pair's plots, redrawn only when `inputs_key` changed (drawing dominates a render's time)."""
     key, stamp, alts = inputs_key(result), folder / PLOT_STAMP, {name: alt for name, alt, _ in PLOTS}
@@ -59,8 +46,8 @@ def _cached_plots(result: PairResult, folder: Path) -> list[Plot]:
     if not plots:  # nothing to draw (an incompatible pair): no folder at all
         return plots
     for plot in plots:
-        _write(folder / f"{plot.name}.png", plot.png)
-    _write(stamp, "".join(f"{line}\n" for line in [key, *(p.name for p in plots)]).encode("utf-8"))
+        write_atomic(folder / f"{plot.name}.png", plot.png)
+    write_atomic(stamp, "".join(f"{line}\n" for line in [key, *(p.name for p in plots)]).encode("utf-8"))
     return plots
 
 
@@ -120,9 +107,9 @@ def render_report(records_dir: Path, out_dir: Path) -> ReportFiles:
     files = ReportFiles(readme=out_dir / "README.md", html=out_dir / "report.html", csv=out_dir / "summary.csv",
                         plots=tuple(sorted(out_dir / rel for p in plots.values() for rel, _ in p.values())),
                         warnings=tuple(warnings))
-    _write(files.readme, to_markdown(blocks).encode("utf-8"))
-    _write(files.html, to_html(blocks, TITLE).encode("utf-8"))
-    _write(files.csv, _csv(entries))
+    write_atomic(files.readme, to_markdown(blocks).encode("utf-8"))
+    write_atomic(files.html, to_html(blocks, TITLE).encode("utf-8"))
+    write_atomic(files.csv, _csv(entries))
     return files
 
 
