@@ -1,22 +1,27 @@
 """One streaming pass per pair: every metric of findings 1-4 from the same seeded token batches.
 
-Per batch, for each model: run up to the SAE hook once, then run the rest of the model twice from
-the hook (`start_at_layer`): clean and with the SAE spliced in (plus the finetune-native SAE where the
-pair has one). Zero ablation makes every position's residual identical, so its logits are one vector
-per model, computed once. Logits are formed in chunks of positions from the final residual, so a
-256k vocabulary never needs a `[batch, pos, vocab]` tensor. Accumulators keep fixed-size float64
-sums: memory does not grow with the token count.
+Per batch, for each model: run up to the SAE hook once, then run the rest of the model from the hook
+(`start_at_layer`): clean, with the base SAE spliced in, with the finetune-native SAE (where the pair
+has one) and, on the finetune, with the base SAE norm-matched. Zero ablation makes every position's
+residual identical, so its logits are one vector per model. Logits are formed in chunks of positions
+from the final residual, so a 256k vocabulary never needs a `[batch, pos, vocab]` tensor. Accumulators
+keep fixed-size float64 sums per row (`metrics.RowSums`), which also give the bootstrap intervals.
 
-Masking: BOS/special-token positions and norm outliers (the union over base and finetune; threshold
-fitted on the base in a calibration pre-pass) keep their clean activation in the spliced pass and are
-left out of every statistic, the CE positions included.
+Masking (the union over both models; masked positions keep their clean activation in every spliced
+pass and are left out of every statistic, the CE positions included):
+- special tokens (BOS/EOS/PAD...);
+- norm outliers, each model against its own threshold, fitted on its own typical norm in a
+  calibration pre-pass (a finetune may legitimately change the residual scale);
+- non-finite values per model: activations at the hook, SAE latents or reconstructions, logits.
+Below `masking.KEPT_FLOOR` the pair is `not judged`, with the masked share per cause and model.
 """
 
 from __future__ import annotations
 
 import math
 import platform
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -24,15 +29,23 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saetransfer import metrics
-from saetransfer.features import feature_transfer
+from saetransfer import metrics, uncertainty
+from saetransfer.features import feature_transfer, partner_permutation
+from saetransfer.masking import KEPT_FLOOR
 from saetransfer.registry import Pair
-from saetransfer.results import METRIC_VERSION, PairResult
+from saetransfer.results import (
+    METRIC_VERSION, Comparisons, Density, Masking, ModelMasking, NormMatching, PairResult, Provenance, SaeEvaluation,
+    SaeMetrics, Similarity, TokenContext, WorstTokens,
+)
+from saetransfer.verdict import Evidence, SaeQuality, Thresholds, compared_values, decide, decide_with_uncertainty
 
 CALIBRATION_BATCHES = 4
 TOP_K = 16
 LOGIT_CHUNK_ELEMENTS = 2**26
 """Positions x vocab per logits chunk (256 MiB in fp32): 256 positions for Gemma's 256k vocabulary."""
+TIE_DIGITS = 5
+"""Worst-token scores equal to this many significant digits are ordered by (row, position), so the
+committed tables do not reorder on another machine's last-digit noise."""
 
 
 @dataclass(frozen=True)
@@ -78,18 +91,24 @@ def library_versions() -> dict[str, str]:
 
 
 class _TopK:
-    """The k largest scores seen so far, with their (row, position)."""
+    """The k largest scores seen so far, with their (row, position); near-ties ordered by (row, position)."""
 
     def __init__(self, k: int = TOP_K) -> None:
         self.k = k
         self.items: list[tuple[float, int, int]] = []
 
     def update(self, scores: Float[Tensor, " n"], rows: Int[Tensor, " n"], positions: Int[Tensor, " n"]) -> None:
+        scores = scores.float()
+        finite = torch.isfinite(scores)
+        scores, rows, positions = scores[finite], rows[finite], positions[finite]
         if scores.numel() == 0:
             return
-        top = torch.topk(scores.float(), min(self.k, scores.numel()))
-        new = [(float(s), int(rows[i]), int(positions[i])) for s, i in zip(top.values.tolist(), top.indices.tolist())]
-        self.items = sorted(self.items + new, key=lambda t: -t[0])[: self.k]
+        k = min(self.k, scores.numel())
+        kth = torch.topk(scores, k).values[-1]
+        take = scores >= kth  # every tie of the k-th value, so the choice among ties is ours
+        new = list(zip(scores[take].tolist(), rows[take].tolist(), positions[take].tolist()))
+        key = lambda t: (-float(f"{t[0]:.{TIE_DIGITS}g}"), t[1], t[2])  # noqa: E731
+        self.items = sorted(self.items + new, key=key)[: self.k]
 
 
 def _final_logits(model: Any, final_resid: Float[Tensor, "n d"]) -> Float[Tensor, "n v"]:
@@ -100,61 +119,108 @@ def _final_logits(model: Any, final_resid: Float[Tensor, "n d"]) -> Float[Tensor
     return logits
 
 
-class _ModelSide:
-    """Accumulators for one model (base or finetune) and one or more SAEs spliced into it."""
+@dataclass(frozen=True)
+class _Splice:
+    """An SAE spliced into one model. It reads `scale` x the activation; its output is divided by it."""
 
-    def __init__(self, model: Any, start: int, saes: dict[str, Any], d_in: int, keep_vocab: int) -> None:
-        self.model, self.start, self.saes, self.keep_vocab = model, start, saes, keep_vocab
-        self.recon = {name: metrics.ReconstructionAccumulator(d_in, sae.cfg.d_sae) for name, sae in saes.items()}
-        self.down = {name: metrics.DownstreamAccumulator() for name in saes}
+    name: str
+    sae: Any
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    feats: Float[Tensor, "n s"]
+    x_hat: Float[Tensor, "n d"]
+
+    def subset(self, keep: Bool[Tensor, " n"]) -> _Encoded:
+        return _Encoded(self.feats[keep], self.x_hat[keep])
+
+
+class _ModelSide:
+    """Accumulators for one model (base or finetune) and the SAEs spliced into it."""
+
+    def __init__(self, model: Any, start: int, splices: Sequence[_Splice], d_in: int, keep_vocab: int,
+                 n_rows: int) -> None:
+        self.model, self.start, self.splices, self.keep_vocab = model, start, tuple(splices), keep_vocab
+        self.recon = {s.name: metrics.ReconstructionAccumulator(n_rows, d_in, s.sae.cfg.d_sae) for s in splices}
+        self.down = {s.name: metrics.DownstreamAccumulator(n_rows) for s in splices}
         self.worst_kl = _TopK()
         self.worst_recon = _TopK()
-        n_layers = model.cfg.n_layers
         zeros = torch.zeros(1, 1, model.cfg.d_model, device=model.cfg.device, dtype=model.cfg.dtype)
-        final = model(zeros, start_at_layer=start, stop_at_layer=n_layers)
+        final = model(zeros, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
         self.ablated_logits = _final_logits(model, final[0]).squeeze(0).float()
 
     def acts(self, tokens: Int[Tensor, "b p"]) -> Float[Tensor, "b p d"]:
         return self.model(tokens, stop_at_layer=self.start)
 
-    def update(self, acts: Float[Tensor, "b p d"], tokens: Int[Tensor, "b p"], kept: Bool[Tensor, "b p"],
-               row_offset: int) -> dict[str, Float[Tensor, "n s"]]:
-        """Splice every SAE in, update the accumulators, return each SAE's latents on the kept positions."""
+    def encode(self, x: Float[Tensor, "n d"]) -> tuple[dict[str, _Encoded], Bool[Tensor, " n"]]:
+        """Every SAE's latents and reconstruction of `x`, and which positions are finite in all of them."""
+        out, finite = {}, torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        for s in self.splices:
+            feats = s.sae.encode((x * s.scale).to(s.sae.dtype) if s.scale != 1.0 else x.to(s.sae.dtype))
+            x_hat = s.sae.decode(feats)
+            x_hat = x_hat / s.scale if s.scale != 1.0 else x_hat
+            finite &= torch.isfinite(feats).all(-1) & torch.isfinite(x_hat).all(-1)
+            out[s.name] = _Encoded(feats, x_hat)
+        return out, finite
+
+    def downstream(self, acts: Float[Tensor, "b p d"], tokens: Int[Tensor, "b p"], spliced_at: Bool[Tensor, "b p"],
+                   encoded: dict[str, _Encoded]) -> tuple[dict[str, Float[Tensor, "n k"]], Bool[Tensor, " n"]]:
+        """Per-position CE/KL terms of every splice at the `spliced_at` positions, and where all are finite."""
         n_layers = self.model.cfg.n_layers
-        final_clean = self.model(acts, start_at_layer=self.start, stop_at_layer=n_layers)[kept]
-        rows, positions = kept.nonzero(as_tuple=True)
+        final_clean = self.model(acts, start_at_layer=self.start, stop_at_layer=n_layers)[spliced_at]
         # the next token where there is one (-1 at a row's last position: KL counts it, CE cannot)
-        targets = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], -1)], dim=1)[kept]
-        latents, finals = {}, {}
-        x = acts[kept]
-        for name, sae in self.saes.items():
-            feats = sae.encode(x.to(sae.dtype))
-            x_hat = sae.decode(feats)
-            self.recon[name].update(x, x_hat, feats)
-            latents[name] = feats
+        targets = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], -1)], dim=1)[spliced_at]
+        finals = {}
+        for s in self.splices:
             spliced = acts.clone()
-            spliced[kept] = x_hat.to(acts.dtype)
-            finals[name] = self.model(spliced, start_at_layer=self.start, stop_at_layer=n_layers)[kept]
-            if name == "base":
-                err = ((x.float() - x_hat.float()) ** 2).sum(-1) / (x.float() ** 2).sum(-1).clamp(min=1e-12)
-                self.worst_recon.update(err, rows + row_offset, positions)
+            spliced[spliced_at] = encoded[s.name].x_hat.to(acts.dtype)
+            finals[s.name] = self.model(spliced, start_at_layer=self.start, stop_at_layer=n_layers)[spliced_at]
         chunk = max(1, LOGIT_CHUNK_ELEMENTS // self.model.cfg.d_vocab_out)
+        terms: dict[str, list[Tensor]] = {s.name: [] for s in self.splices}
         for lo in range(0, targets.numel(), chunk):
             sl = slice(lo, lo + chunk)
             clean = metrics.CleanDistribution.from_logits(_final_logits(self.model, final_clean[sl]),
                                                           self.ablated_logits, self.keep_vocab)
             for name, final in finals.items():
-                kl = self.down[name].update(clean, _final_logits(self.model, final[sl]), targets[sl], self.keep_vocab)
-                if name == "base":
-                    self.worst_kl.update(kl, rows[sl] + row_offset, positions[sl])
-        return latents
+                terms[name].append(metrics.downstream_terms(clean, _final_logits(self.model, final[sl]), targets[sl],
+                                                            self.keep_vocab))
+        width = len(metrics.DOWNSTREAM_COLUMNS)
+        stacked = {name: torch.cat(t) if t else torch.zeros(0, width, dtype=torch.float64) for name, t in terms.items()}
+        finite = torch.ones(targets.numel(), dtype=torch.bool, device=targets.device)
+        for t in stacked.values():
+            finite &= torch.isfinite(t).all(-1).to(finite.device)
+        return stacked, finite
 
-    def sae_result(self, name: str) -> dict[str, Any]:
+    def accumulate(self, x: Float[Tensor, "n d"], encoded: dict[str, _Encoded], terms: dict[str, Float[Tensor, "n k"]],
+                   rows: Int[Tensor, " n"], positions: Int[Tensor, " n"]) -> None:
+        for s in self.splices:
+            enc = encoded[s.name]
+            self.recon[s.name].update(x, enc.x_hat, enc.feats, rows)
+            self.down[s.name].update(terms[s.name], rows)
+        base = encoded["base"]
+        err = ((x.float() - base.x_hat.float()) ** 2).sum(-1) / (x.float() ** 2).sum(-1).clamp(min=1e-12)
+        self.worst_recon.update(err, rows, positions)
+        self.worst_kl.update(terms["base"][:, 5], rows, positions)
+
+    def metrics_of(self, name: str) -> SaeMetrics:
         out: dict[str, Any] = {**self.recon[name].result(), **self.down[name].result()}
-        out["flags"] = [f"{k} undefined (ablation baseline equals clean)"
-                        for k in ("ce_loss_score", "kl_div_score") if math.isnan(out[k])]
-        out["log10_density_histogram"] = metrics.density_histogram(self.recon[name].densities()).to_dict()
-        return out
+        out["flags"] = tuple(f"{k} undefined (ablation baseline equals clean)"
+                             for k in ("ce_loss_score", "kl_div_score") if math.isnan(out[k]))
+        return SaeMetrics(**out)
+
+    def qualities(self, name: str, d_sae: int, weights: Float[Tensor, "r rows"]) -> list[SaeQuality]:
+        """The verdict's inputs for `name` in every bootstrap replicate."""
+        rec, down = self.recon[name].values(weights), self.down[name].values(weights)
+        cols = [rec["explained_variance"], rec["l0"], down["ce_loss_score"], down["kl_div_score"], down["ce_delta"]]
+        return [SaeQuality(explained_variance=ev, l0=l0, ce_loss_score=ce, kl_div_score=kl, ce_delta=delta, d_sae=d_sae)
+                for ev, l0, ce, kl, delta in zip(*(c.tolist() for c in cols))]
+
+
+def _quality(m: SaeMetrics, d_sae: int) -> SaeQuality:
+    return SaeQuality(explained_variance=m.explained_variance, l0=m.l0, ce_loss_score=m.ce_loss_score,
+                      kl_div_score=m.kl_div_score, ce_delta=m.ce_delta, d_sae=d_sae)
 
 
 def _special_ids(tokenizer: Any) -> Tensor:
@@ -163,16 +229,15 @@ def _special_ids(tokenizer: Any) -> Tensor:
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
-def _decode_context(tokenizer: Any, tokens: Tensor, row: int, pos: int, width: int = 12) -> dict[str, Any]:
+def _decode_context(tokenizer: Any, tokens: Tensor, score: float, row: int, pos: int, width: int = 12) -> TokenContext:
     lo = max(0, pos - width)
-    return {"row": row, "position": pos, "token": tokenizer.decode(tokens[row, pos : pos + 1]),
-            "context": tokenizer.decode(tokens[row, lo:pos]), "next": tokenizer.decode(tokens[row, pos + 1 : pos + 2])}
+    return TokenContext(score=score, row=row, position=pos, token=tokenizer.decode(tokens[row, pos : pos + 1]),
+                        context=tokenizer.decode(tokens[row, lo:pos]), next=tokenizer.decode(tokens[row, pos + 1 : pos + 2]))
 
 
-def evaluate_pair(pair: Pair, config: RunConfig) -> PairResult:
+def evaluate_pair(pair: Pair, config: RunConfig, warnings: Sequence[str] = ()) -> PairResult:
     """Run every finding's computation for `pair` in one streaming pass."""
     from saetransfer import loading
-    from saetransfer.verdict import SaeQuality, decide
 
     device, dtype = config.device, config.torch_dtype
     hook_start_layer(pair.hook)  # an unsupported hook fails here, before anything is loaded
@@ -185,20 +250,19 @@ def evaluate_pair(pair: Pair, config: RunConfig) -> PairResult:
                                    prepend_bos=prepend_bos, seed=pair.seed, allow_hub=config.allow_hub)
     comparison = loading.compare_tokenizers(base_tok, ft_tok)
     compat = loading.check_compatible(base_tok, ft_tok, sample.tokens)
-    provenance = {
-        "pair_id": pair.id, "test_id": pair.test_id, "hook": pair.hook, "sae": pair.sae.describe(),
-        "sae_architecture": sae.architecture, "d_sae": sae.d_sae, "base": pair.base.describe(),
-        "finetune": pair.finetune.describe(), "dataset": pair.dataset.describe(),
-        "dataset_revision": sample.dataset_revision, "token_sha256": sample.sha256,
-        "n_tokens": int(sample.tokens.numel()), "n_rows": int(sample.tokens.shape[0]), "context_size": context,
-        "prepend_bos": prepend_bos, "seed": pair.seed, "device": device, "dtype": config.dtype,
-        "versions": library_versions(), "metric_version": METRIC_VERSION,
-    }
+    remote = pair.base.trust_remote_code or pair.finetune.trust_remote_code
+    provenance = Provenance(
+        pair_id=pair.id, test_id=pair.test_id, hook=pair.hook, sae=pair.sae.describe(),
+        sae_architecture=sae.architecture, d_sae=sae.d_sae, base=pair.base.describe(),
+        finetune=pair.finetune.describe(), dataset=pair.dataset.describe(), dataset_revision=sample.dataset_revision,
+        token_sha256=sample.sha256, n_tokens=int(sample.tokens.numel()), n_rows=int(sample.tokens.shape[0]),
+        context_size=context, prepend_bos=prepend_bos, seed=pair.seed, device=device, dtype=config.dtype,
+        versions=library_versions(), metric_version=METRIC_VERSION, trust_remote_code=remote,
+        warnings=tuple(warnings))
     if not compat.compatible:
         verdict = decide(base=SaeQuality(), finetune=SaeQuality(), architecture=sae.architecture,
                          comparable=False, not_comparable_reason=compat.reason)
-        return PairResult(provenance=provenance, tokenizer=comparison.to_dict(), compatibility=compat.to_dict(),
-                          verdict=verdict.to_dict())
+        return PairResult(provenance=provenance, tokenizer=comparison, compatibility=compat, verdict=verdict)
 
     processing = loading.processing_for(sae.model_from_pretrained_kwargs)
     # n_ctx = the evaluation context: Gemma's default 8192 would allocate 64 MB causal masks per layer
@@ -211,97 +275,231 @@ def evaluate_pair(pair: Pair, config: RunConfig) -> PairResult:
                                                                      allow_hub=config.allow_hub)
     if native is not None:
         loading.check_sae_fits(ft.model, native, pair.hook)
-    provenance.update(base_revision=base.revision, finetune_revision=ft.revision,
-                      base_d_vocab=base.d_vocab, finetune_d_vocab=ft.d_vocab)
-
+    provenance = replace(provenance, base_revision=base.revision, finetune_revision=ft.revision,
+                         base_d_vocab=base.d_vocab, finetune_d_vocab=ft.d_vocab)
     with torch.inference_mode():
-        result = _stream(pair, config, sample.tokens, base, ft, sae, native, base_tok)
-    verdict = decide(
-        base=_quality(result["sae"]["base"], sae.d_sae), finetune=_quality(result["sae"]["finetune"], sae.d_sae),
-        native=_quality(result["sae"]["native_on_finetune"], native.d_sae) if native else None,
-        architecture=sae.architecture)
-    return PairResult(provenance=provenance, tokenizer=comparison.to_dict(), compatibility=compat.to_dict(),
-                      verdict=verdict.to_dict(), **result)
+        return _stream(pair, config, sample.tokens, base, ft, sae, native, base_tok, comparison, compat, provenance)
 
 
-def _quality(sae_metrics: dict[str, Any], d_sae: int) -> Any:
-    from saetransfer.verdict import SaeQuality
+@dataclass(frozen=True)
+class _Calibration:
+    threshold_base: float
+    threshold_finetune: float
+    mean_norm_base: float
+    mean_norm_finetune: float
+    scale: float
+    """Norm matching: mean ||x_base|| / mean ||x_ft|| over positions kept on both models."""
+    n_scale_positions: int
 
-    return SaeQuality(explained_variance=sae_metrics["explained_variance"], l0=sae_metrics["l0"],
-                      ce_loss_score=sae_metrics["ce_loss_score"], kl_div_score=sae_metrics["kl_div_score"],
-                      ce_delta=sae_metrics["ce_delta"], d_sae=d_sae)
+
+def _threshold(pair: Pair, side: str, mean_norm: float) -> tuple[float, str]:
+    policy = pair.outliers
+    absolute = policy.absolute_finetune if side == "finetune" and policy.absolute_finetune is not None \
+        else policy.absolute
+    if absolute is not None:
+        return absolute, "absolute (registry)"
+    return policy.relative * mean_norm, f"relative ({policy.relative:g} x this model's mean norm)"
+
+
+def _calibrate(pair: Pair, batches: Sequence[Tensor], to_hook: tuple[Any, Any], special: Tensor,
+               device: str) -> _Calibration:
+    """Each model's typical norm (its outlier threshold), then the norm-matching scale on the positions both keep."""
+    norms: list[list[Tensor]] = [[], []]
+    for batch in batches[:CALIBRATION_BATCHES]:
+        batch = batch.to(device)
+        ok = ~torch.isin(batch, special)
+        for i, acts in enumerate(to_hook):
+            norms[i].append(acts(batch).float().norm(dim=-1)[ok])
+    flat = [torch.cat(n).double() for n in norms]
+    mean = [float(n[torch.isfinite(n)].mean()) if torch.isfinite(n).any() else math.nan for n in flat]
+    thr_b, _ = _threshold(pair, "base", mean[0])
+    thr_f, _ = _threshold(pair, "finetune", mean[1])
+    both = torch.isfinite(flat[0]) & torch.isfinite(flat[1]) & (flat[0] <= thr_b) & (flat[1] <= thr_f)
+    scale = float(flat[0][both].mean() / flat[1][both].mean()) if both.any() else math.nan
+    return _Calibration(thr_b, thr_f, mean[0], mean[1], scale if math.isfinite(scale) and scale > 0 else 1.0,
+                        int(both.sum()))
+
+
+def _not_judged_reasons(counts: dict[str, int], cal: _Calibration, n_kept: int, non_special: int) -> list[str]:
+    """Below the floor: the masked share per cause and model, and why."""
+    share = lambda n: f"{n / max(non_special, 1):.1%}"  # noqa: E731
+    out = [f"kept {n_kept} of {non_special} non-special positions ({share(n_kept)}); a verdict needs at least "
+           f"{KEPT_FLOOR.min_fraction:.0%} and {KEPT_FLOOR.min_count} positions (masking.KEPT_FLOOR)"]
+    norm_ratio = cal.mean_norm_finetune / cal.mean_norm_base if cal.mean_norm_base else math.nan
+    for side, thr, own in (("base", cal.threshold_base, cal.mean_norm_base),
+                           ("finetune", cal.threshold_finetune, cal.mean_norm_finetune)):
+        if counts[f"outlier_{side}"]:
+            why = f"threshold {thr:.4g} vs its mean norm {own:.4g}"
+            if side == "finetune" and math.isfinite(norm_ratio) and abs(math.log(norm_ratio)) > math.log(1.25):
+                why = f"finetune norms are {norm_ratio:.2f}x the base's; {why}"
+            out.append(f"norm outliers on the {side}: {share(counts[f'outlier_{side}'])} of its positions ({why})")
+        for cause, label in (("nonfinite_activations", "non-finite activations at the hook"),
+                             ("nonfinite_sae", "non-finite SAE latents or reconstructions"),
+                             ("nonfinite_logits", "non-finite logits (overflow in this dtype?)")):
+            if counts[f"{cause}_{side}"]:
+                out.append(f"{label} on the {side}: {share(counts[f'{cause}_{side}'])} of its positions")
+    return out
 
 
 def _stream(pair: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"], base: Any, ft: Any, sae: Any,
-            native: Any, tokenizer: Any) -> dict[str, Any]:
+            native: Any, tokenizer: Any, comparison: Any, compat: Any, provenance: Provenance) -> PairResult:
     device = config.device
     start = hook_start_layer(pair.hook)
     keep_vocab = base.d_vocab
+    n_rows = tokens.shape[0]
     special = _special_ids(tokenizer).to(device)
     batches = tokens.split(pair.batch_size)
-    base_side = _ModelSide(base.model, start, {"base": sae.sae}, sae.d_in, keep_vocab)
-    ft_saes = {"base": sae.sae} | ({"native": native.sae} if native else {})
-    ft_side = _ModelSide(ft.model, start, ft_saes, sae.d_in, keep_vocab)
+    base_side = _ModelSide(base.model, start, [_Splice("base", sae.sae)], sae.d_in, keep_vocab, n_rows)
+    cal = _calibrate(pair, batches, (base_side.acts, lambda t: ft.model(t, stop_at_layer=start)), special, device)
+    ft_splices = [_Splice("base", sae.sae), _Splice("norm_matched", sae.sae, cal.scale)]
+    if native is not None:
+        ft_splices.append(_Splice("native", native.sae))
+    ft_side = _ModelSide(ft.model, start, ft_splices, sae.d_in, keep_vocab, n_rows)
 
-    # calibration: the base's typical activation norm on non-special positions fixes the outlier threshold
-    norms = []
-    for batch in batches[:CALIBRATION_BATCHES]:
-        batch = batch.to(device)
-        acts = base_side.acts(batch)
-        norms.append(acts.float().norm(dim=-1)[~torch.isin(batch, special)])
-    mean_norm = float(torch.cat(norms).double().mean())
-    threshold = pair.outliers.absolute if pair.outliers.absolute is not None else pair.outliers.relative * mean_norm
-
-    similarity = metrics.SimilarityAccumulator(tokens.shape[1])
-    latents = metrics.LatentPairAccumulator(sae.d_sae)
+    similarity = metrics.SimilarityAccumulator(n_rows, tokens.shape[1])
+    latents = metrics.LatentPairAccumulator(sae.d_sae, partner_permutation(sae.d_sae, pair.seed))
     worst_cos, outliers_top = _TopK(), _TopK()
-    counts = dict.fromkeys(("positions", "special", "outlier_base", "outlier_finetune", "outlier_union", "kept"), 0)
+    counts = dict.fromkeys(("positions", "special", "outlier_union", "kept", "excluded"), 0)
+    for side in ("base", "finetune"):
+        for cause in ("outlier", "nonfinite_activations", "nonfinite_sae", "nonfinite_logits"):
+            counts[f"{cause}_{side}"] = 0
     row = 0
     for batch in tqdm(batches, desc=f"{pair.id}", disable=not config.progress, unit="batch"):
         batch = batch.to(device)
         acts_b, acts_f = base_side.acts(batch), ft_side.acts(batch)
         is_special = torch.isin(batch, special)
+        fin_b, fin_f = torch.isfinite(acts_b).all(-1), torch.isfinite(acts_f).all(-1)
         norm_b, norm_f = acts_b.float().norm(dim=-1), acts_f.float().norm(dim=-1)
-        out_b, out_f = (norm_b > threshold) & ~is_special, (norm_f > threshold) & ~is_special
-        kept = ~is_special & ~out_b & ~out_f
-        for key, mask in (("special", is_special), ("outlier_base", out_b), ("outlier_finetune", out_f),
-                          ("outlier_union", out_b | out_f), ("kept", kept)):
-            counts[key] += int(mask.sum())
+        out_b = fin_b & ~is_special & (norm_b > cal.threshold_base)
+        out_f = fin_f & ~is_special & (norm_f > cal.threshold_finetune)
+        candidate = ~is_special & fin_b & fin_f & ~out_b & ~out_f
+        # SAEs first: a position whose latents are non-finite on either model is not spliced anywhere
+        enc_b, ok_b = base_side.encode(acts_b[candidate])
+        enc_f, ok_f = ft_side.encode(acts_f[candidate])
+        spliced_at = candidate.clone()
+        spliced_at[candidate] = ok_b & ok_f
+        ok = ok_b & ok_f
+        enc_b = {k: v.subset(ok) for k, v in enc_b.items()}
+        enc_f = {k: v.subset(ok) for k, v in enc_f.items()}
+        terms_b, logits_ok_b = base_side.downstream(acts_b, batch, spliced_at, enc_b)
+        terms_f, logits_ok_f = ft_side.downstream(acts_f, batch, spliced_at, enc_f)
+        keep = logits_ok_b & logits_ok_f
+        kept = spliced_at.clone()
+        kept[spliced_at] = keep
+        for side, nonfinite, outliers, sae_ok, logits_ok in (("base", ~fin_b, out_b, ok_b, logits_ok_b),
+                                                              ("finetune", ~fin_f, out_f, ok_f, logits_ok_f)):
+            counts[f"outlier_{side}"] += int(outliers.sum())
+            counts[f"nonfinite_activations_{side}"] += int((nonfinite & ~is_special).sum())
+            counts[f"nonfinite_sae_{side}"] += int((~sae_ok).sum())
+            counts[f"nonfinite_logits_{side}"] += int((~logits_ok).sum())
         counts["positions"] += batch.numel()
-        similarity.update(acts_b, acts_f, kept)
+        counts["special"] += int(is_special.sum())
+        counts["outlier_union"] += int((out_b | out_f).sum())
+        counts["kept"] += int(kept.sum())
+        counts["excluded"] += int((~is_special & ~kept).sum())
+
         r, p = kept.nonzero(as_tuple=True)
-        worst_cos.update(-metrics.cosine(acts_b[kept], acts_f[kept]), r + row, p)
-        r, p = (out_b | out_f).nonzero(as_tuple=True)
-        outliers_top.update(torch.maximum(norm_b, norm_f)[out_b | out_f], r + row, p)
-        lat_b = base_side.update(acts_b, batch, kept, row)["base"]
-        lat_f = ft_side.update(acts_f, batch, kept, row)["base"]
-        latents.update(lat_b, lat_f)
+        rows = r + row
+        base_side.accumulate(acts_b[kept], {k: v.subset(keep) for k, v in enc_b.items()},
+                             {k: v[keep] for k, v in terms_b.items()}, rows, p)
+        ft_side.accumulate(acts_f[kept], {k: v.subset(keep) for k, v in enc_f.items()},
+                           {k: v[keep] for k, v in terms_f.items()}, rows, p)
+        latents.update(enc_b["base"].feats[keep], enc_f["base"].feats[keep], rows)
+        similarity.update(acts_b, acts_f, kept, fin_b & fin_f, row)
+        worst_cos.update(-metrics.cosine(acts_b[kept], acts_f[kept]), rows, p)
+        ro, po = (out_b | out_f).nonzero(as_tuple=True)
+        outliers_top.update(torch.maximum(norm_b, norm_f)[out_b | out_f], ro + row, po)
         row += batch.shape[0]
+
+    non_special = counts["positions"] - counts["special"]
+    kept_fraction = counts["kept"] / max(non_special, 1)
+    judged = kept_fraction >= KEPT_FLOOR.min_fraction and counts["kept"] >= KEPT_FLOOR.min_count
+    not_judged = () if judged else tuple(_not_judged_reasons(counts, cal, counts["kept"], non_special))
+
+    def model_masking(side: str) -> ModelMasking:
+        thr, kind = _threshold(pair, side, cal.mean_norm_base if side == "base" else cal.mean_norm_finetune)
+        return ModelMasking(threshold=thr, threshold_kind=kind,
+                            mean_norm=cal.mean_norm_base if side == "base" else cal.mean_norm_finetune,
+                            **{f"n_{c}": counts[f"{c}_{side}"] for c in
+                               ("outlier", "nonfinite_activations", "nonfinite_sae", "nonfinite_logits")})
+
+    masking = Masking(n_positions=counts["positions"], n_special=counts["special"], base=model_masking("base"),
+                      finetune=model_masking("finetune"), n_outlier_union=counts["outlier_union"],
+                      n_excluded=counts["excluded"], n_kept=counts["kept"], kept_fraction=kept_fraction,
+                      outlier_fraction=counts["outlier_union"] / max(counts["positions"], 1), judged=judged,
+                      reasons=not_judged)
+
+    d_sae = sae.d_sae
+    sae_eval = SaeEvaluation(base=base_side.metrics_of("base"), finetune=ft_side.metrics_of("base"),
+                             native_on_finetune=ft_side.metrics_of("native") if native else None,
+                             norm_matched_finetune=ft_side.metrics_of("norm_matched"))
+    sim = Similarity(**similarity.result())
+
+    # bootstrap: one weight matrix for every model and SAE (paired)
+    t = Thresholds()
+    spec = uncertainty.bootstrap_spec(n_rows, pair.seed, t.agreement)
+    weights = uncertainty.resample_weights(spec, n_rows)
+    sim_reps = metrics.similarity_values(similarity.rows.totals(weights))
+    base_reps = base_side.qualities("base", d_sae, weights)
+    native_reps = ft_side.qualities("native", native.d_sae, weights) if native else [None] * spec.n_resamples
+    point_base = _quality(sae_eval.base, d_sae)
+    point_native = _quality(sae_eval.native_on_finetune, native.d_sae) if native else None
+
+    def direction(ft_name: str, ft_metrics: SaeMetrics) -> tuple[Any, Comparisons]:
+        point = Evidence(point_base, _quality(ft_metrics, d_sae), point_native)
+        reps = [Evidence(b, f, n) for b, f, n in zip(base_reps, ft_side.qualities(ft_name, d_sae, weights), native_reps)]
+        point_values = compared_values(point.base, point.finetune, point.native)
+        rep_values = [compared_values(r.base, r.finetune, r.native) for r in reps]
+        comparisons = Comparisons(
+            **{k: uncertainty.estimate(v, torch.tensor([rv[k] for rv in rep_values], dtype=torch.float64))
+               for k, v in point_values.items() if not (native is None and "native" in k)},
+            norm_ratio=uncertainty.estimate(sim.norm_ratio_mean, sim_reps["norm_ratio_mean"]),
+            cosine=uncertainty.estimate(sim.cosine_mean, sim_reps["cosine_mean"]))
+        if not judged:
+            verdict = decide(base=point.base, finetune=point.finetune, architecture=sae.architecture,
+                             not_judged_reasons=not_judged)
+        else:
+            verdict = decide_with_uncertainty(point, reps, comparisons, architecture=sae.architecture, level=spec.level)
+        return verdict, comparisons
+
+    verdict, comparisons = direction("base", sae_eval.finetune)
+    nm_verdict, nm_comparisons = direction("norm_matched", sae_eval.norm_matched_finetune)
+    verdict = _with_norm_note(verdict, nm_verdict, comparisons)
 
     dens_b = base_side.recon["base"].densities()
     dens_f = ft_side.recon["base"].densities()
-    sae_results = {"base": base_side.sae_result("base"), "finetune": ft_side.sae_result("base")}
-    if native:
-        sae_results["native_on_finetune"] = ft_side.sae_result("native")
-    decode = lambda items, sign=1.0: [{"score": sign * s, **_decode_context(tokenizer, tokens, r, p)}  # noqa: E731
-                                      for s, r, p in items]
-    return {
-        "masking": {**{f"n_{k}": v for k, v in counts.items()}, "threshold": threshold,
-                    "threshold_kind": "absolute" if pair.outliers.absolute is not None else
-                    f"relative ({pair.outliers.relative} x base mean norm)",
-                    "base_mean_norm": mean_norm,
-                    "outlier_fraction": counts["outlier_union"] / max(counts["positions"], 1)},
-        "similarity": similarity.result().to_dict(),
-        "sae": sae_results,
-        "density": {"log10_density_correlation": metrics.log_density_correlation(dens_b, dens_f),
-                    "base": metrics.log10_density(dens_b).tolist(), "finetune": metrics.log10_density(dens_f).tolist()},
-        "features": feature_transfer(dens_b, dens_f, latents, sae.sae.W_dec.detach(), base.model.W_U.detach(),
-                                     ft.model.W_U.detach(), pair.seed),
-        "worst_tokens": {"lowest_cosine": decode(worst_cos.items, -1.0),
-                         "highest_kl": decode(ft_side.worst_kl.items),
-                         "worst_reconstruction": decode(ft_side.worst_recon.items),
-                         "outliers": decode(outliers_top.items)},
-    }
+    decode = lambda items, sign=1.0: tuple(_decode_context(tokenizer, tokens, sign * s, r, p)  # noqa: E731
+                                           for s, r, p in items)
+    return PairResult(
+        provenance=replace(provenance, bootstrap=spec), tokenizer=comparison,
+        compatibility=compat, verdict=verdict, masking=masking, similarity=sim, sae=sae_eval,
+        comparisons=comparisons,
+        norm_matching=NormMatching(scale=cal.scale, n_positions=cal.n_scale_positions, verdict=nm_verdict,
+                                   comparisons=nm_comparisons),
+        density=Density(log10_density_correlation=metrics.log_density_correlation(dens_b, dens_f),
+                        base=tuple(metrics.log10_density(dens_b).tolist()),
+                        finetune=tuple(metrics.log10_density(dens_f).tolist())),
+        features=feature_transfer(dens_b, dens_f, latents, sae.sae.W_dec.detach(), base.model.W_U.detach(),
+                                  ft.model.W_U.detach(), pair.seed),
+        worst_tokens=WorstTokens(lowest_cosine=decode(worst_cos.items, -1.0), highest_kl=decode(ft_side.worst_kl.items),
+                                 worst_reconstruction=decode(ft_side.worst_recon.items),
+                                 outliers=decode(outliers_top.items)))
+
+
+def _with_norm_note(verdict: Any, norm_matched: Any, comparisons: Comparisons) -> Any:
+    """Name the norm shift in the primary verdict's reasons, and the norm-matched verdict beside it."""
+    if verdict.verdict in ("not comparable", "not judged"):
+        return verdict
+    r = comparisons.norm_ratio
+    shift = f"{r.value:.3g}x the base's" if r is not None and math.isfinite(r.value) else "unknown"
+    if r is not None and math.isfinite(r.low):
+        shift += f" [{r.low:.3g}, {r.high:.3g}]"
+    if norm_matched.verdict != verdict.verdict:
+        note = (f"norm shift: finetune activation norms are {shift}; {verdict.verdict} as is, "
+                f"{norm_matched.verdict} after norm matching (the SAE reads the finetune rescaled to the base's norm)")
+    else:
+        note = f"norm shift: finetune activation norms are {shift}; norm matching gives the same verdict"
+    return replace(verdict, reasons=(*verdict.reasons, note))
 
 
 def result_key(pair: Pair, config: RunConfig) -> str:

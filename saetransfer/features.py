@@ -1,6 +1,6 @@
 """Feature transfer by density bucket (the post §5), computed after the streaming pass.
 
-Densities and per-latent activation statistics come from the same token sample (the seed used two
+Densities and per-latent activation statistics come from the same token sample (the post's code used two
 different samples, so 'dead' features fired on the second one). Buckets:
 - regular: log10 density in [-5, -1] in both models (inclusive, as the seed);
 - dead in base only / dead in finetune only: never fired on the sample in exactly one model;
@@ -14,10 +14,13 @@ from __future__ import annotations
 import math
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from saetransfer.metrics import HistogramAccumulator, LatentPairAccumulator, log10_density
+from saetransfer.results import (
+    ChanceBaseline, CorrelationSummary, DeadBucket, FeatureBuckets, FeatureTransfer, RegularBucket,
+)
 
 REGULAR_RANGE = (-5.0, -1.0)
 REGULAR_CAP = 1000
@@ -32,18 +35,29 @@ def _sample(ids: Tensor, cap: int, generator: torch.Generator) -> list[int]:
     return sorted(ids.tolist())
 
 
-def _summary(values: Tensor) -> dict:
+def summarise(values: Tensor) -> CorrelationSummary:
     finite = values[torch.isfinite(values)]
     hist = HistogramAccumulator(-1.0, 1.0, 40)
     hist.update(finite)
-    return {
-        "n": int(values.numel()),
-        "n_nan": int((~torch.isfinite(values)).sum()),
-        "mean": float(finite.mean()) if finite.numel() else math.nan,
-        "median": float(finite.median()) if finite.numel() else math.nan,
-        "fraction_at_least_0.8": float((finite >= TRANSFERRED_CORRELATION).double().sum() / max(values.numel(), 1)),
-        "histogram": hist.result().to_dict(),
-    }
+    return CorrelationSummary(
+        n=int(values.numel()), n_nan=int((~torch.isfinite(values)).sum()),
+        mean=float(finite.mean()) if finite.numel() else math.nan,
+        median=float(finite.median()) if finite.numel() else math.nan,
+        fraction_transferred=float((finite >= TRANSFERRED_CORRELATION).double().sum() / max(values.numel(), 1)),
+        histogram=hist.result())
+
+
+def partner_permutation(d_sae: int, seed: int) -> Int[Tensor, " s"]:
+    """A seeded pairing of every latent with a different one (a random cyclic shift of a random order).
+
+    Fixed before the pass, so the chance floor costs one extra sum vector; afterwards it is read on the
+    regular latents whose partner is regular too, i.e. a random pairing within the regular bucket.
+    """
+    generator = torch.Generator().manual_seed(seed + 1)
+    order = torch.randperm(d_sae, generator=generator)
+    partner = torch.empty(d_sae, dtype=torch.long)
+    partner[order] = order.roll(1) if d_sae > 1 else order
+    return partner
 
 
 def _row_correlation(a: Float[Tensor, "f v"], b: Float[Tensor, "f v"]) -> Float[Tensor, " f"]:
@@ -66,6 +80,12 @@ def logit_similarity(
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
+def _random_directions(W_dec: Float[Tensor, "f d"], seed: int) -> Float[Tensor, "f d"]:
+    generator = torch.Generator().manual_seed(seed + 2)
+    noise = torch.randn(W_dec.shape, generator=generator, dtype=torch.float32)
+    return noise / noise.norm(dim=-1, keepdim=True) * W_dec.float().cpu().norm(dim=-1, keepdim=True)
+
+
 def feature_transfer(
     base_density: Float[Tensor, " s"],
     ft_density: Float[Tensor, " s"],
@@ -74,11 +94,13 @@ def feature_transfer(
     W_U_base: Float[Tensor, "d v"],
     W_U_ft: Float[Tensor, "d v"],
     seed: int,
-) -> dict:
-    """Bucket the latents, sample them (seeded) and summarise activation and logit similarity per bucket."""
+) -> FeatureTransfer:
+    """Bucket the latents, sample them (seeded), summarise activation and logit similarity per bucket,
+    and the chance baselines beside them."""
     log_b, log_f = log10_density(base_density), log10_density(ft_density)
     low, high = REGULAR_RANGE
-    regular = torch.nonzero((log_b >= low) & (log_b <= high) & (log_f >= low) & (log_f <= high)).flatten()
+    is_regular = (log_b >= low) & (log_b <= high) & (log_f >= low) & (log_f <= high)
+    regular = torch.nonzero(is_regular).flatten()
     dead_b, dead_f = base_density == 0, ft_density == 0
     only_base = torch.nonzero(dead_b & ~dead_f).flatten()
     only_ft = torch.nonzero(dead_f & ~dead_b).flatten()
@@ -88,33 +110,38 @@ def feature_transfer(
         "dead_in_base": _sample(only_base, DEAD_CAP, generator),
         "dead_in_finetune": _sample(only_ft, DEAD_CAP, generator),
     }
-    correlations = latents.correlations()
-    log_error = latents.log_activation_error()
     vocab = min(W_U_base.shape[1], W_U_ft.shape[1])
-    W_U_b, W_U_f = W_U_base[:, :vocab], W_U_ft[:, :vocab]
-    buckets: dict[str, dict] = {}
-    for name, ids in chosen.items():
+    W_U_b, W_U_f = W_U_base[:, :vocab].cpu(), W_U_ft[:, :vocab].cpu()
+    W_dec = W_dec.cpu()
+    log_error = latents.log_activation_error()
+
+    def logits_of(ids: list[int]) -> CorrelationSummary:
+        return summarise(logit_similarity(W_dec[torch.tensor(ids, dtype=torch.long)], W_U_b, W_U_f))
+
+    def dead(name: str, total: Tensor, other_max: Tensor, other_density: Tensor) -> DeadBucket:
+        ids = chosen[name]
         index = torch.tensor(ids, dtype=torch.long)
-        entry: dict = {"n_total": {"regular": regular, "dead_in_base": only_base, "dead_in_finetune": only_ft}[name].numel(),
-                       "latent_ids": ids}
-        if name == "regular":
-            entry["activation_correlation"] = _summary(correlations[index])
-        else:
-            errors = log_error[index]
-            other_max = (latents.max_ft if name == "dead_in_base" else latents.max_base)[index]
-            other_density = (ft_density if name == "dead_in_base" else base_density)[index]
-            entry["activation_error_mean"] = float(errors.mean()) if ids else math.nan
-            entry["activation_error_max"] = float(errors.max()) if ids else math.nan
-            entry["other_model_max_activation"] = float(other_max.max()) if ids else math.nan
-            entry["other_model_firing_fraction_mean"] = float(other_density.double().mean()) if ids else math.nan
-        entry["logit_correlation"] = _summary(logit_similarity(W_dec[index].cpu(), W_U_b.cpu(), W_U_f.cpu()))
-        buckets[name] = entry
+        pick = lambda v, f: float(f(v[index])) if ids else math.nan  # noqa: E731
+        return DeadBucket(
+            n_total=total.numel(), latent_ids=tuple(ids), activation_error_mean=pick(log_error, torch.mean),
+            activation_error_max=pick(log_error, torch.max), other_model_max_activation=pick(other_max, torch.max),
+            other_model_firing_fraction_mean=pick(other_density.double(), torch.mean), logit_correlation=logits_of(ids))
+
+    regular_index = torch.tensor(chosen["regular"], dtype=torch.long)
+    paired = regular_index[is_regular[latents.partner[regular_index]]] if regular_index.numel() else regular_index
+    random_dirs = _random_directions(W_dec[regular_index], seed) if regular_index.numel() else W_dec[:0].float()
+    chance = ChanceBaseline(
+        permuted=summarise(latents.partner_correlations()[paired]),
+        split_half=(summarise(latents.correlations(0)[regular_index]), summarise(latents.correlations(1)[regular_index])),
+        logit_random=summarise(logit_similarity(random_dirs, W_U_b, W_U_f)))
+    buckets = FeatureBuckets(
+        regular=RegularBucket(n_total=regular.numel(), latent_ids=tuple(chosen["regular"]),
+                              activation_correlation=summarise(latents.correlations()[regular_index]),
+                              logit_correlation=logits_of(chosen["regular"])),
+        dead_in_base=dead("dead_in_base", only_base, latents.max_ft, ft_density),
+        dead_in_finetune=dead("dead_in_finetune", only_ft, latents.max_base, base_density))
     norm_b, norm_f = float(W_U_b.double().norm()), float(W_U_f.double().norm())
-    return {
-        "buckets": buckets,
-        "n_dead_in_both": int((dead_b & dead_f).sum()),
-        "W_U_frobenius_ratio": norm_b / norm_f if norm_f else math.nan,
-        "W_U_frobenius_distance": float((W_U_b.double() - W_U_f.double()).norm()),
-        "caveat": "Logit similarity shares one W_dec, so it mostly measures the change of W_U (post §5.2); "
-                  "activation correlation follows the encoder direction only.",
-    }
+    return FeatureTransfer(
+        buckets=buckets, n_dead_in_both=int((dead_b & dead_f).sum()),
+        W_U_frobenius_ratio=norm_b / norm_f if norm_f else math.nan,
+        W_U_frobenius_distance=float((W_U_b.double() - W_U_f.double()).norm()), chance=chance)

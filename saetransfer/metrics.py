@@ -1,8 +1,11 @@
 """Metric definitions as pure functions and streaming accumulators.
 
-Every accumulator takes one batch at a time and keeps only fixed-size float64 sums, so memory does
-not grow with the token count. Definitions (SAELens 6.45.2+ where it has one, see peers.md §2.1):
+Accumulators keep float64 sums *per row* of the token sample (O(rows x columns), plus one d_in-wide
+sum per row for explained variance), so memory does not grow with the context and the same sums give
+the point value (all rows) and every bootstrap replicate (rows reweighted, `uncertainty.py`). Each
+formula below exists once and works on a scalar total or a batch of replicate totals.
 
+Definitions (SAELens `sae_lens/evals.py` where it has one):
 - explained variance (SAELens): 1 - E||x - x̂||² / (E||x||² - ||E x||²), over kept tokens.
 - global R² (the post, torcheval on flattened tensors): 1 - Σ(x - x̂)² / Σ(x - x̄)², x̄ one scalar.
 - mse: Σ_d (x - x̂)² per token, averaged (SAELens); mse_per_element divides by d_in too.
@@ -21,12 +24,14 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from saetransfer.results import Histogram
+
 UNDEFINED_DENOMINATOR = 1e-6
 """A ratio whose denominator is below this (nats) is undefined: the ablation baseline equals clean."""
 DENSE_THRESHOLD = 0.1
 """A latent firing on more than 10 % of tokens is dense (the post, §2.2)."""
 LOG_EPS = 1e-10
-"""The seed's epsilon for log10 densities and log activations; a dead latent sits at -10."""
+"""The post's epsilon for log10 densities and log activations; a dead latent sits at -10."""
 
 
 def safe_ratio(numerator: float, denominator: float) -> float:
@@ -34,6 +39,12 @@ def safe_ratio(numerator: float, denominator: float) -> float:
     if not math.isfinite(numerator) or not math.isfinite(denominator) or abs(denominator) < UNDEFINED_DENOMINATOR:
         return math.nan
     return numerator / denominator
+
+
+def ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """`safe_ratio` elementwise, for replicate batches."""
+    bad = ~torch.isfinite(numerator) | ~torch.isfinite(denominator) | (denominator.abs() < UNDEFINED_DENOMINATOR)
+    return torch.where(bad, torch.full_like(numerator, math.nan), numerator / denominator.where(~bad, 1.0))
 
 
 def cosine(a: Float[Tensor, "*tok d"], b: Float[Tensor, "*tok d"]) -> Float[Tensor, "*tok"]:
@@ -52,184 +63,173 @@ def pearson_from_sums(n: float, sx: Tensor, sy: Tensor, sxx: Tensor, syy: Tensor
     return torch.where(constant, torch.full_like(r, math.nan), r.clamp(-1.0, 1.0))
 
 
-@dataclass(frozen=True)
-class Histogram:
-    """Counts over fixed bins; values outside [low, high] land in the edge bins (clipped)."""
-
-    low: float
-    high: float
-    counts: tuple[int, ...]
-
-    def to_dict(self) -> dict:
-        return {"low": self.low, "high": self.high, "counts": list(self.counts)}
-
-
 class HistogramAccumulator:
     def __init__(self, low: float, high: float, bins: int = 100) -> None:
         self.low, self.high, self.bins = low, high, bins
         self.counts = torch.zeros(bins, dtype=torch.float64)
 
     def update(self, values: Float[Tensor, " n"]) -> None:
-        values = values.detach().double().clamp(self.low, self.high).cpu()
+        values = values.detach().double().cpu()
+        values = values[torch.isfinite(values)].clamp(self.low, self.high)
         self.counts += torch.histc(values, bins=self.bins, min=self.low, max=self.high)
 
     def result(self) -> Histogram:
         return Histogram(self.low, self.high, tuple(int(c) for c in self.counts.tolist()))
 
 
+class RowSums:
+    """Named float64 columns summed per row of the sample: the unit the bootstrap resamples."""
+
+    def __init__(self, n_rows: int, columns: tuple[str, ...]) -> None:
+        self.columns = columns
+        self.sums = torch.zeros(n_rows, len(columns), dtype=torch.float64)
+
+    def add(self, rows: Int[Tensor, " n"], values: Float[Tensor, "n k"]) -> None:
+        self.sums.index_add_(0, rows.cpu(), values.detach().double().cpu())
+
+    def totals(self, weights: Float[Tensor, "r rows"] | None = None) -> dict[str, Tensor]:
+        """Column totals over all rows (0-d tensors), or per replicate given row weights ([r] tensors)."""
+        t = self.sums.sum(0) if weights is None else weights @ self.sums
+        return {name: t[..., i] for i, name in enumerate(self.columns)}
+
+
 # ---------------------------------------------------------------------------------------------
 # activation similarity (finding 2)
 
+SIMILARITY_COLUMNS = ("n", "cos", "dist", "rel", "ratio", "base_norm", "ft_norm")
 
-@dataclass(frozen=True)
-class SimilarityResult:
-    """Base vs finetune activations at the hook, on identical token ids."""
 
-    cosine_mean: float
-    """Over kept positions (no BOS/special tokens, no norm outliers): the headline number."""
-    cosine_stderr: float
-    """Standard error of cosine_mean from per-row means (rows are independent documents)."""
-    cosine_mean_all_positions: float
-    """Over every position, BOS included: what the seed and the post's table computed."""
-    cosine_mean_excluding_position_0: float
-    """Every position but the first (outliers included): the post's table without the BOS artefact."""
-    distance_mean: float
-    relative_distance_mean: float
-    """||a_ft - a_base|| / ||a_base||."""
-    norm_ratio_mean: float
-    """||a_ft|| / ||a_base||."""
-    base_norm_mean: float
-    per_position_cosine: tuple[float, ...]
-    per_position_distance: tuple[float, ...]
-    cosine_histogram: Histogram
-    relative_distance_histogram: Histogram
-
-    def to_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if not isinstance(v, (Histogram, tuple))}
-        d["per_position_cosine"] = list(self.per_position_cosine)
-        d["per_position_distance"] = list(self.per_position_distance)
-        d["cosine_histogram"] = self.cosine_histogram.to_dict()
-        d["relative_distance_histogram"] = self.relative_distance_histogram.to_dict()
-        return d
+def similarity_values(t: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Means over kept positions from row totals (scalar or per replicate)."""
+    n = t["n"]
+    return {"cosine_mean": ratio(t["cos"], n), "distance_mean": ratio(t["dist"], n),
+            "relative_distance_mean": ratio(t["rel"], n), "norm_ratio_mean": ratio(t["ratio"], n),
+            "base_norm_mean": ratio(t["base_norm"], n), "finetune_norm_mean": ratio(t["ft_norm"], n)}
 
 
 class SimilarityAccumulator:
-    def __init__(self, context_size: int) -> None:
+    def __init__(self, n_rows: int, context_size: int) -> None:
         f64 = dict(dtype=torch.float64)
-        self.n = 0.0
-        self.sums = torch.zeros(5, **f64)  # cos, dist, rel dist, norm ratio, base norm (kept)
-        self.n_all = 0.0
-        self.cos_all = 0.0
-        self.n_not0 = 0.0
-        self.cos_not0 = 0.0
-        self.row_means: list[float] = []
+        self.rows = RowSums(n_rows, SIMILARITY_COLUMNS)
+        self.n_all = self.cos_all = self.n_not0 = self.cos_not0 = 0.0
         self.pos_cos = torch.zeros(context_size, **f64)
         self.pos_dist = torch.zeros(context_size, **f64)
         self.pos_n = torch.zeros(context_size, **f64)
         self.cos_hist = HistogramAccumulator(-1.0, 1.0)
         self.rel_hist = HistogramAccumulator(0.0, 2.0)
 
-    def update(self, base: Float[Tensor, "b p d"], ft: Float[Tensor, "b p d"], kept: Bool[Tensor, "b p"]) -> None:
+    def update(self, base: Float[Tensor, "b p d"], ft: Float[Tensor, "b p d"], kept: Bool[Tensor, "b p"],
+               finite: Bool[Tensor, "b p"], row_offset: int) -> None:
+        """Kept positions feed the headline; every position finite on both models feeds the post's curves."""
         cos = cosine(base, ft).double()
         diff = (ft.float() - base.float()).norm(dim=-1).double()
         base_norm = base.float().norm(dim=-1).double()
         ft_norm = ft.float().norm(dim=-1).double()
         rel = diff / base_norm.clamp(min=1e-12)
-        ratio = ft_norm / base_norm.clamp(min=1e-12)
-        k = kept.to(cos.device)
-        self.n += float(k.sum())
-        self.sums += torch.stack([x[k].sum() for x in (cos, diff, rel, ratio, base_norm)]).cpu()
-        self.n_all += cos.numel()
-        self.cos_all += float(cos.sum())
-        self.n_not0 += cos[:, 1:].numel()
-        self.cos_not0 += float(cos[:, 1:].sum())
-        counts = k.sum(dim=1)
-        row_sums = (cos * k).sum(dim=1)
-        self.row_means += (row_sums[counts > 0] / counts[counts > 0]).tolist()
-        self.pos_cos += cos.sum(dim=0).cpu()
-        self.pos_dist += diff.sum(dim=0).cpu()
-        self.pos_n += cos.shape[0]
-        self.cos_hist.update(cos[k])
-        self.rel_hist.update(rel[k])
+        norm_ratio = ft_norm / base_norm.clamp(min=1e-12)
+        rows, _ = kept.nonzero(as_tuple=True)
+        values = torch.stack([torch.ones_like(cos[kept]), cos[kept], diff[kept], rel[kept], norm_ratio[kept],
+                              base_norm[kept], ft_norm[kept]], dim=-1)
+        self.rows.add(rows + row_offset, values)
+        fin = finite.to(cos.device)
+        zero = torch.zeros_like(cos)
+        self.n_all += float(fin.sum())
+        self.cos_all += float(torch.where(fin, cos, zero).sum())
+        self.n_not0 += float(fin[:, 1:].sum())
+        self.cos_not0 += float(torch.where(fin, cos, zero)[:, 1:].sum())
+        self.pos_cos += torch.where(fin, cos, zero).sum(dim=0).cpu()
+        self.pos_dist += torch.where(fin, diff, zero).sum(dim=0).cpu()
+        self.pos_n += fin.sum(dim=0).double().cpu()
+        self.cos_hist.update(cos[kept])
+        self.rel_hist.update(rel[kept])
 
-    def result(self) -> SimilarityResult:
-        mean = (self.sums / max(self.n, 1.0)).tolist() if self.n else [math.nan] * 5
-        rows = torch.tensor(self.row_means, dtype=torch.float64)
-        stderr = float(rows.std() / math.sqrt(len(rows))) if len(rows) > 1 else math.nan
+    def result(self) -> dict[str, object]:
+        point = {k: float(v) for k, v in similarity_values(self.rows.totals()).items()}
         pos_n = self.pos_n.clamp(min=1)
-        return SimilarityResult(
-            cosine_mean=mean[0], cosine_stderr=stderr,
-            cosine_mean_all_positions=self.cos_all / max(self.n_all, 1.0),
-            cosine_mean_excluding_position_0=self.cos_not0 / max(self.n_not0, 1.0),
-            distance_mean=mean[1], relative_distance_mean=mean[2], norm_ratio_mean=mean[3], base_norm_mean=mean[4],
-            per_position_cosine=tuple((self.pos_cos / pos_n).tolist()),
-            per_position_distance=tuple((self.pos_dist / pos_n).tolist()),
-            cosine_histogram=self.cos_hist.result(), relative_distance_histogram=self.rel_hist.result(),
-        )
+        return {
+            **point,
+            "cosine_mean_all_positions": self.cos_all / max(self.n_all, 1.0),
+            "cosine_mean_excluding_position_0": self.cos_not0 / max(self.n_not0, 1.0),
+            "per_position_cosine": tuple((self.pos_cos / pos_n).tolist()),
+            "per_position_distance": tuple((self.pos_dist / pos_n).tolist()),
+            "cosine_histogram": self.cos_hist.result(), "relative_distance_histogram": self.rel_hist.result(),
+        }
 
 
 # ---------------------------------------------------------------------------------------------
 # SAE reconstruction and sparsity (finding 3)
 
+RECONSTRUCTION_COLUMNS = ("n", "sse", "sum_sq", "sum_elems", "cossim", "l2_ratio", "l0", "l1")
+
+
+def reconstruction_terms(x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"],
+                         feats: Float[Tensor, "n s"]) -> Float[Tensor, "n k"]:
+    """Per-position terms in `RECONSTRUCTION_COLUMNS` order (fp32 inputs, float64 out)."""
+    x, x_hat, feats = x.float(), x_hat.float(), feats.float()
+    return torch.stack([
+        torch.ones(x.shape[0], device=x.device), ((x - x_hat) ** 2).sum(-1), (x**2).sum(-1), x.sum(-1),
+        cosine(x, x_hat), x_hat.norm(dim=-1) / x.norm(dim=-1).clamp(min=1e-12),
+        (feats != 0).sum(-1).float(), feats.abs().sum(-1),
+    ], dim=-1).double()
+
+
+def reconstruction_values(t: dict[str, Tensor], sum_x_norm_sq: Tensor, d_in: int) -> dict[str, Tensor]:
+    """Explained variance, R², MSE, cos, L0, L1 from totals; ||Σx||² is passed in (a d_in-wide sum)."""
+    n = t["n"]
+    centred_var = ratio(t["sum_sq"], n) - ratio(sum_x_norm_sq, n * n)  # E||x||² - ||E x||²
+    sst_scalar = t["sum_sq"] - ratio(t["sum_elems"] ** 2, n * d_in)  # about one scalar mean
+    return {
+        "explained_variance": 1.0 - ratio(ratio(t["sse"], n), centred_var.where(centred_var > 0, math.nan)),
+        "r2_global": 1.0 - ratio(t["sse"], sst_scalar.where(sst_scalar > 0, math.nan)),
+        "mse": ratio(t["sse"], n), "mse_per_element": ratio(t["sse"], n * d_in), "cossim": ratio(t["cossim"], n),
+        "l2_ratio": ratio(t["l2_ratio"], n), "l0": ratio(t["l0"], n), "l1": ratio(t["l1"], n),
+    }
+
 
 class ReconstructionAccumulator:
-    """Explained variance (SAELens), global R² (the post), MSE, cos(x, x̂), L0/L1, densities."""
+    """Per-row reconstruction sums, a d_in-wide Σx per row (explained variance), per-latent firing counts."""
 
-    def __init__(self, d_in: int, d_sae: int) -> None:
-        f64 = dict(dtype=torch.float64)
+    def __init__(self, n_rows: int, d_in: int, d_sae: int) -> None:
         self.d_in = d_in
-        self.n = 0.0
-        self.sse = 0.0
-        self.sum_x = torch.zeros(d_in, **f64)
-        self.sum_sq_x = 0.0
-        self.cossim = 0.0
-        self.l2_ratio = 0.0
-        self.l0 = 0.0
-        self.l1 = 0.0
-        self.fired = torch.zeros(d_sae, **f64)
+        self.rows = RowSums(n_rows, RECONSTRUCTION_COLUMNS)
+        self.sum_x = torch.zeros(n_rows, d_in, dtype=torch.float64)
+        self.fired = torch.zeros(d_sae, dtype=torch.float64)
         self.act_hist = HistogramAccumulator(-4.0, 3.0)  # log10 of non-zero activations
 
-    def update(self, x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"], feats: Float[Tensor, "n s"]) -> None:
-        x, x_hat, feats = x.float(), x_hat.float(), feats.float()
-        self.n += x.shape[0]
-        self.sse += float(((x - x_hat) ** 2).sum(dtype=torch.float64))
-        self.sum_x += x.sum(dim=0, dtype=torch.float64).cpu()
-        self.sum_sq_x += float((x**2).sum(dtype=torch.float64))
-        self.cossim += float(cosine(x, x_hat).sum(dtype=torch.float64))
-        self.l2_ratio += float((x_hat.norm(dim=-1) / x.norm(dim=-1).clamp(min=1e-12)).sum(dtype=torch.float64))
+    def update(self, x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"], feats: Float[Tensor, "n s"],
+               rows: Int[Tensor, " n"]) -> None:
+        if x.shape[0] == 0:
+            return
+        self.rows.add(rows, reconstruction_terms(x, x_hat, feats))
+        self.sum_x.index_add_(0, rows.cpu(), x.detach().double().cpu())
         active = feats != 0
-        self.l0 += float(active.sum(dtype=torch.float64))
-        self.l1 += float(feats.abs().sum(dtype=torch.float64))
         self.fired += active.sum(dim=0, dtype=torch.float64).cpu()
-        self.act_hist.update(torch.log10(feats[active]))
+        self.act_hist.update(torch.log10(feats.float()[active]))
+
+    @property
+    def n(self) -> float:
+        return float(self.rows.sums[:, 0].sum())
 
     def densities(self) -> Float[Tensor, " s"]:
         return self.fired / max(self.n, 1.0)
 
-    def result(self) -> dict[str, float | dict]:
-        n, d = max(self.n, 1.0), self.d_in
-        mean_sq_norm = self.sum_sq_x / n
-        centred_var = mean_sq_norm - float((self.sum_x / n).pow(2).sum())  # E||x||² - ||E x||²
-        sst_scalar = self.sum_sq_x - float(self.sum_x.sum()) ** 2 / (n * d)  # scalar mean over all elements
+    def values(self, weights: Float[Tensor, "r rows"] | None = None) -> dict[str, Tensor]:
+        sum_x = self.sum_x.sum(0) if weights is None else weights @ self.sum_x
+        return reconstruction_values(self.rows.totals(weights), sum_x.pow(2).sum(-1), self.d_in)
+
+    def result(self) -> dict[str, object]:
         density = self.densities()
         return {
-            "n_tokens": int(self.n),
-            "explained_variance": 1.0 - safe_ratio(self.sse / n, centred_var) if centred_var > 0 else math.nan,
-            "r2_global": 1.0 - safe_ratio(self.sse, sst_scalar) if sst_scalar > 0 else math.nan,
-            "mse": self.sse / n,
-            "mse_per_element": self.sse / (n * d),
-            "cossim": self.cossim / n,
-            "l2_ratio": self.l2_ratio / n,
-            "l0": self.l0 / n,
-            "l1": self.l1 / n,
+            "n_tokens": int(self.n), **{k: float(v) for k, v in self.values().items()},
             "dead_fraction": float((density == 0).double().mean()),
             "dense_fraction": float((density > DENSE_THRESHOLD).double().mean()),
-            "activation_log10_histogram": self.act_hist.result().to_dict(),
+            "activation_log10_histogram": self.act_hist.result(),
+            "log10_density_histogram": density_histogram(density),
         }
 
 
 def log10_density(density: Float[Tensor, " s"]) -> Float[Tensor, " s"]:
-    """log10(density + 1e-10): dead latents sit at -10, as in the seed."""
+    """log10(density + 1e-10): dead latents sit at -10, as in the post's code."""
     return torch.log10(density.double() + LOG_EPS)
 
 
@@ -240,7 +240,7 @@ def density_histogram(density: Float[Tensor, " s"], bins: int = 50) -> Histogram
 
 
 def log_density_correlation(base_density: Float[Tensor, " s"], ft_density: Float[Tensor, " s"]) -> float:
-    """Pearson r of log10 densities base vs finetune, dead latents included at -10 (the seed's linregress r)."""
+    """Pearson r of log10 densities base vs finetune, dead latents included at -10 (the post's linregress r)."""
     x, y = log10_density(base_density), log10_density(ft_density)
     n = float(x.numel())
     r = pearson_from_sums(n, x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum())
@@ -288,58 +288,59 @@ class CleanDistribution:
         return cls(log_probs, probs, (probs * log_probs).sum(-1), dropped, ablated.squeeze(0))
 
 
-class DownstreamAccumulator:
-    """CE (clean, spliced, zero-ablated) over kept positions with a next token, KL(clean || ·) over all kept.
+DOWNSTREAM_COLUMNS = ("n_ce", "n_kl", "ce_clean", "ce_sae", "ce_abl", "kl_sae", "kl_abl", "dropped")
+
+
+def downstream_terms(clean: CleanDistribution, spliced: Float[Tensor, "n v"], targets: Int[Tensor, " n"],
+                     keep_vocab: int) -> Float[Tensor, "n k"]:
+    """Per-position terms in `DOWNSTREAM_COLUMNS` order (target -1: no next token, so no CE).
 
     As in SAELens: KL compares two distributions and needs no target, so a row's last position counts;
-    CE needs the next token, so it does not.
+    CE needs the next token, so it does not. A non-finite entry marks a position whose logits are broken.
     """
+    lp_sae, _ = token_log_probs(spliced, keep_vocab)
+    kl_sae = clean.neg_entropy - (clean.probs * lp_sae).sum(-1)
+    kl_abl = clean.neg_entropy - clean.probs @ clean.ablated_log_probs  # one vector: a matrix-vector product
+    has_next = targets >= 0
+    t = targets.clamp(min=0).unsqueeze(-1)
+    nll = lambda lp: -lp.gather(-1, t).squeeze(-1)  # noqa: E731
+    zero = torch.zeros_like(kl_sae)
+    return torch.stack([
+        has_next.float(), torch.ones_like(kl_sae),
+        torch.where(has_next, nll(clean.log_probs), zero), torch.where(has_next, nll(lp_sae), zero),
+        torch.where(has_next, -clean.ablated_log_probs[targets.clamp(min=0)], zero),
+        kl_sae, kl_abl, torch.where(has_next, clean.dropped_mass, zero),
+    ], dim=-1).double()
 
-    def __init__(self) -> None:
-        self.n_ce = 0.0
-        self.n_kl = 0.0
-        self.ce = torch.zeros(3, dtype=torch.float64)  # clean, sae, abl
-        self.kl = torch.zeros(2, dtype=torch.float64)  # sae, abl
-        self.dropped_mass = 0.0
+
+def downstream_values(t: dict[str, Tensor]) -> dict[str, Tensor]:
+    ce_clean, ce_sae, ce_abl = (ratio(t[k], t["n_ce"]) for k in ("ce_clean", "ce_sae", "ce_abl"))
+    kl_sae, kl_abl = (ratio(t[k], t["n_kl"]) for k in ("kl_sae", "kl_abl"))
+    return {
+        "ce_clean": ce_clean, "ce_spliced": ce_sae, "ce_ablation": ce_abl, "ce_delta": ce_sae - ce_clean,
+        "ce_loss_score": ratio(ce_abl - ce_sae, ce_abl - ce_clean), "kl_spliced": kl_sae, "kl_ablation": kl_abl,
+        "kl_div_score": ratio(kl_abl - kl_sae, kl_abl), "dropped_vocab_mass_mean": ratio(t["dropped"], t["n_ce"]),
+    }
+
+
+class DownstreamAccumulator:
+    """CE (clean, spliced, zero-ablated) and KL(clean || ·), summed per row."""
+
+    def __init__(self, n_rows: int) -> None:
+        self.rows = RowSums(n_rows, DOWNSTREAM_COLUMNS)
         self.dropped_mass_max = 0.0
 
-    def update(self, clean: CleanDistribution, spliced: Float[Tensor, "n v"], targets: Int[Tensor, " n"],
-               keep_vocab: int) -> Float[Tensor, " n"]:
-        """Add one chunk of positions (target -1: no next token); returns per-token KL(clean || spliced)."""
-        lp_sae, _ = token_log_probs(spliced, keep_vocab)
-        kl_sae = clean.neg_entropy - (clean.probs * lp_sae).sum(-1)
-        kl_abl = clean.neg_entropy - clean.probs @ clean.ablated_log_probs  # one vector: a matrix-vector product
-        has_next = targets >= 0
-        t = targets[has_next].unsqueeze(-1)
-        ce = torch.stack([
-            -clean.log_probs[has_next].gather(-1, t).squeeze(-1), -lp_sae[has_next].gather(-1, t).squeeze(-1),
-            -clean.ablated_log_probs[targets[has_next]],
-        ])
-        self.n_ce += float(has_next.sum())
-        self.n_kl += targets.numel()
-        self.ce += ce.sum(dim=1, dtype=torch.float64).cpu()
-        self.kl += torch.stack([kl_sae, kl_abl]).sum(dim=1, dtype=torch.float64).cpu()
-        dropped = clean.dropped_mass
-        self.dropped_mass += float(dropped[has_next].sum(dtype=torch.float64))
-        if dropped.numel():
-            self.dropped_mass_max = max(self.dropped_mass_max, float(dropped.max()))
-        return kl_sae
+    def update(self, terms: Float[Tensor, "n k"], rows: Int[Tensor, " n"]) -> None:
+        if terms.shape[0] == 0:
+            return
+        self.rows.add(rows, terms)
+        self.dropped_mass_max = max(self.dropped_mass_max, float(terms[:, -1].max()))
+
+    def values(self, weights: Float[Tensor, "r rows"] | None = None) -> dict[str, Tensor]:
+        return downstream_values(self.rows.totals(weights))
 
     def result(self) -> dict[str, float]:
-        ce_clean, ce_sae, ce_abl = (self.ce / max(self.n_ce, 1.0)).tolist()
-        kl_sae, kl_abl = (self.kl / max(self.n_kl, 1.0)).tolist()
-        return {
-            "ce_clean": ce_clean,
-            "ce_spliced": ce_sae,
-            "ce_ablation": ce_abl,
-            "ce_delta": ce_sae - ce_clean,
-            "ce_loss_score": safe_ratio(ce_abl - ce_sae, ce_abl - ce_clean),
-            "kl_spliced": kl_sae,
-            "kl_ablation": kl_abl,
-            "kl_div_score": safe_ratio(kl_abl - kl_sae, kl_abl),
-            "dropped_vocab_mass_mean": self.dropped_mass / max(self.n_ce, 1.0),
-            "dropped_vocab_mass_max": self.dropped_mass_max,
-        }
+        return {**{k: float(v) for k, v in self.values().items()}, "dropped_vocab_mass_max": self.dropped_mass_max}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,31 +348,50 @@ class DownstreamAccumulator:
 
 
 class LatentPairAccumulator:
-    """Running sums for per-latent Pearson r of activations base vs finetune, and log-activation error."""
+    """Running sums for per-latent Pearson r of activations base vs finetune, and log-activation error.
 
-    def __init__(self, d_sae: int) -> None:
-        self.n = 0.0
-        self.sums = torch.zeros(5, d_sae, dtype=torch.float64)  # sx, sy, sxx, syy, sxy
+    Sums are kept per half of the rows (even, odd) for the split-half noise band, and one extra
+    cross-sum pairs each base latent with a fixed random other finetune latent (`partner`) for the
+    chance floor.
+    """
+
+    def __init__(self, d_sae: int, partner: Int[Tensor, " s"]) -> None:
+        self.partner = partner
+        self.n = torch.zeros(2, dtype=torch.float64)
+        self.sums = torch.zeros(2, 5, d_sae, dtype=torch.float64)  # per half: sx, sy, sxx, syy, sxy
+        self.cross_partner = torch.zeros(d_sae, dtype=torch.float64)  # Σ base_i · ft_partner(i)
         self.log_abs_err = torch.zeros(d_sae, dtype=torch.float64)
         self.max_base = torch.zeros(d_sae, dtype=torch.float64)
         self.max_ft = torch.zeros(d_sae, dtype=torch.float64)
 
-    def update(self, base: Float[Tensor, "n s"], ft: Float[Tensor, "n s"]) -> None:
+    def update(self, base: Float[Tensor, "n s"], ft: Float[Tensor, "n s"], rows: Int[Tensor, " n"]) -> None:
         if base.shape[0] == 0:  # a batch whose positions were all masked
             return
         base, ft = base.float(), ft.float()
-        self.n += base.shape[0]
-        self.sums += torch.stack([
-            base.sum(0), ft.sum(0), (base * base).sum(0), (ft * ft).sum(0), (base * ft).sum(0),
-        ]).double().cpu()
+        for half in (0, 1):
+            sel = (rows % 2) == half
+            b, f = base[sel], ft[sel]
+            self.n[half] += b.shape[0]
+            self.sums[half] += torch.stack([b.sum(0), f.sum(0), (b * b).sum(0), (f * f).sum(0),
+                                            (b * f).sum(0)]).double().cpu()
+        self.cross_partner += (base * ft[:, self.partner.to(ft.device)]).sum(0).double().cpu()
         err = (torch.log10(base.clamp(min=0) + LOG_EPS) - torch.log10(ft.clamp(min=0) + LOG_EPS)).abs()
         self.log_abs_err += err.sum(0).double().cpu()
         self.max_base = torch.maximum(self.max_base, base.max(0).values.double().cpu())
         self.max_ft = torch.maximum(self.max_ft, ft.max(0).values.double().cpu())
 
-    def correlations(self) -> Float[Tensor, " s"]:
-        return pearson_from_sums(self.n, *self.sums)
+    def correlations(self, half: int | None = None) -> Float[Tensor, " s"]:
+        """Per-latent r over all rows, or over one half of them."""
+        n = float(self.n.sum() if half is None else self.n[half])
+        sums = self.sums.sum(0) if half is None else self.sums[half]
+        return pearson_from_sums(n, *sums)
+
+    def partner_correlations(self) -> Float[Tensor, " s"]:
+        """r(base_i, ft_partner(i)): what two unrelated latents of these models give."""
+        sx, sy, sxx, syy, _ = self.sums.sum(0)
+        p = self.partner
+        return pearson_from_sums(float(self.n.sum()), sx, sy[p], sxx, syy[p], self.cross_partner)
 
     def log_activation_error(self) -> Float[Tensor, " s"]:
         """The post's 'activation error' for dead latents: mean_t |log10(x+1e-10) - log10(y+1e-10)|."""
-        return self.log_abs_err / max(self.n, 1.0)
+        return self.log_abs_err / max(float(self.n.sum()), 1.0)

@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 
 from saetransfer.paths import DEFAULT_REGISTRY, REPO_ROOT
 
-Verdict = Literal["transfers", "partial", "fails", "not comparable", "unusable"]
+Verdict = Literal["transfers", "partial", "fails", "not comparable", "unusable", "not judged"]
 VERDICTS: tuple[str, ...] = get_args(Verdict)
 
 # ids: lowercase slug, `__` between base and finetune, nothing a shell, `-k` or a file name chokes on
@@ -123,14 +123,17 @@ class DatasetSource:
 class OutlierPolicy:
     """Which activations count as norm outliers (Kissane et al.; the post §4.1).
 
-    Exactly one of the two is set. Thresholds are fitted on the base model and applied unchanged to
-    the finetune, so both models lose the same kind of position.
+    Exactly one of `relative` and `absolute` is set. A relative threshold is fitted on each model's own
+    typical norm (a finetune may legitimately change the residual scale); both are recorded.
     """
 
     relative: float | None = 2.0
     """Outlier if ||x|| > relative * (mean ||x|| of the base model's non-BOS positions)."""
     absolute: float | None = None
-    """Outlier if ||x|| > absolute, in raw norm units (the post used 200 for Mistral)."""
+    """Outlier if ||x|| > absolute, in raw norm units (the post used 200 for Mistral); the finetune too
+    unless `absolute_finetune` is set."""
+    absolute_finetune: float | None = None
+    """The finetune's own absolute threshold, for a finetune whose residual scale differs."""
 
 
 @dataclass(frozen=True)
@@ -295,16 +298,20 @@ def _dataset(raw: Mapping[str, Any], base_dir: Path, where: str) -> DatasetSourc
 def _outliers(raw: Mapping[str, Any] | None, where: str) -> OutlierPolicy:
     if raw is None:
         return OutlierPolicy()
-    _check_keys(raw, ("relative", "absolute"), where)
+    _check_keys(raw, ("relative", "absolute", "absolute_finetune"), where)
     _one_of(raw, ("relative", "absolute"), where)
     relative = _typed(raw, "relative", (int, float), where)
     absolute = _typed(raw, "absolute", (int, float), where)
-    for key, value in (("relative", relative), ("absolute", absolute)):
+    absolute_ft = _typed(raw, "absolute_finetune", (int, float), where)
+    if absolute_ft is not None and absolute is None:
+        raise _fail(where, "field 'absolute_finetune' needs 'absolute' (the base's threshold)")
+    for key, value in (("relative", relative), ("absolute", absolute), ("absolute_finetune", absolute_ft)):
         if value is not None and value <= 0:
             raise _fail(where, f"field '{key}' must be positive, got {value}")
     return OutlierPolicy(
         relative=None if relative is None else float(relative),
         absolute=None if absolute is None else float(absolute),
+        absolute_finetune=None if absolute_ft is None else float(absolute_ft),
     )
 
 

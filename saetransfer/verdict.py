@@ -47,10 +47,11 @@ improves the verdict. CE recovered and the loss delta are deliberately not monot
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
-from saetransfer.registry import Verdict
+from saetransfer.results import Comparisons, Estimate, Line, VerdictResult
 
 Grade = Literal["ok", "weak", "bad"]
 _RANK: dict[Grade, int] = {"ok": 0, "weak": 1, "bad": 2}
@@ -128,6 +129,12 @@ class Thresholds:
     min_lines_of_evidence: int = 2
     """Graded lines needed for `transfers`; one must be EV or KL score (CE alone can be fooled)."""
 
+    # -- uncertainty --
+    agreement: float = 0.975
+    """A line is ok or bad only if this share of bootstrap replicates gives the same grade, else
+    `weak (uncertain)`: the one-sided 97.5 % of a two-sided 95 % interval, so a line is decided only
+    when the whole interval lies on one side of its threshold."""
+
     def __post_init__(self) -> None:
         # ratios divide by the base value, so the gate must keep it positive
         if self.base_min_explained_variance <= 0 or self.base_min_l0 <= 0:
@@ -137,24 +144,6 @@ class Thresholds:
                  (self.ce_delta_ratio_ok, self.ce_delta_ratio_bad), (self.ce_delta_excess_ok, self.ce_delta_excess_bad)]
         if any(low > high for low, high in pairs):
             raise ValueError(f"each ok threshold must be milder than its bad threshold: {self}")
-
-
-@dataclass(frozen=True)
-class VerdictResult:
-    verdict: Verdict
-    reasons: tuple[str, ...]
-
-    def to_dict(self) -> dict:
-        return {"verdict": self.verdict, "reasons": list(self.reasons)}
-
-
-@dataclass(frozen=True)
-class _Line:
-    """One line of evidence; grade None = reported but not counted."""
-
-    metric: str
-    grade: Grade | None
-    reason: str
 
 
 def _n(x: float) -> str:
@@ -241,25 +230,25 @@ def _gate(b: dict[str, float | None], d_sae: int | None, t: Thresholds) -> list[
     return out
 
 
-def _floor_only(metric: str, f: float, below: bool, floor: float, unit: str = "") -> _Line:
+def _floor_only(metric: str, f: float, below: bool, floor: float, unit: str = "") -> Line:
     """Base value missing: only a finetune value that fails the base's own floor says anything (bad)."""
     if below:
-        return _Line(metric, "bad", f"{metric} {_n(f)}{unit} on the finetune fails the floor a base SAE must meet "
+        return Line(metric, "bad", f"{metric} {_n(f)}{unit} on the finetune fails the floor a base SAE must meet "
                                     f"({_n(floor)}{unit}; no base value to compare) (bad)")
-    return _Line(metric, None, f"{metric} {_n(f)}{unit} on the finetune: no base value to compare, not counted")
+    return Line(metric, None, f"{metric} {_n(f)}{unit} on the finetune: no base value to compare, not counted")
 
 
-def _ev_line(b: float | None, f: float | None, t: Thresholds) -> _Line | None:
+def _ev_line(b: float | None, f: float | None, t: Thresholds) -> Line | None:
     if f is None:
         return None
     if b is None:
         return _floor_only(_EV, f, f < t.base_min_explained_variance, t.base_min_explained_variance)
     grade, why = _higher(f / b, t.ev_ratio_ok, t.ev_ratio_bad)  # the gate keeps b > 0
-    return _Line(_EV, grade, f"{_EV} {_n(f)} vs {_n(b)} on the base (ratio {why}) ({grade})")
+    return Line(_EV, grade, f"{_EV} {_n(f)} vs {_n(b)} on the base (ratio {why}) ({grade})")
 
 
 def _score_line(metric: str, b: float | None, f: float | None, native: float | None, floor: float,
-                t: Thresholds, ceiling: float | None = None) -> _Line | None:
+                t: Thresholds, ceiling: float | None = None) -> Line | None:
     """CE recovered or KL score: drop from the base, gap to the native SAE, and (CE) the >1 trap."""
     if f is None:
         return None
@@ -282,14 +271,14 @@ def _score_line(metric: str, b: float | None, f: float | None, native: float | N
     if b is None and native is None:  # only the >1 trap fired
         parts.append("no base value to compare")
     grade = _worst(grades)
-    return _Line(metric, grade, f"{metric} {_n(f)} " + "; ".join(parts) + f" ({grade})")
+    return Line(metric, grade, f"{metric} {_n(f)} " + "; ".join(parts) + f" ({grade})")
 
 
-def _delta_line(b: float | None, f: float | None, t: Thresholds) -> _Line | None:
+def _delta_line(b: float | None, f: float | None, t: Thresholds) -> Line | None:
     if f is None:
         return None
     if f < t.min_ce_delta:
-        return _Line(_DELTA, "weak", f"{_DELTA} {_n(f)} nats < {_n(t.min_ce_delta)} on the finetune: the splice lowers "
+        return Line(_DELTA, "weak", f"{_DELTA} {_n(f)} nats < {_n(t.min_ce_delta)} on the finetune: the splice lowers "
                                      "its loss, pulling it back toward the base, which is not faithful (weak)")
     if b is None:
         return _floor_only(_DELTA, f, f > t.base_max_ce_delta, t.base_max_ce_delta, " nats")
@@ -301,18 +290,18 @@ def _delta_line(b: float | None, f: float | None, t: Thresholds) -> _Line | None
         grade, why = "weak", f"> {_n(t.ce_delta_ratio_ok)}x and > +{_n(t.ce_delta_excess_ok)} nats"
     else:
         grade, why = "ok", f"<= {_n(t.ce_delta_ratio_ok)}x or <= +{_n(t.ce_delta_excess_ok)} nats"
-    return _Line(_DELTA, grade, f"{_DELTA} {_n(f)} vs {_n(b)} nats on the base ({ratio}, {excess:+.3g} nats; {why}) ({grade})")
+    return Line(_DELTA, grade, f"{_DELTA} {_n(f)} vs {_n(b)} nats on the base ({ratio}, {excess:+.3g} nats; {why}) ({grade})")
 
 
-def _l0_line(b: float | None, f: float | None, d_sae: int | None, fixed: bool, t: Thresholds) -> _Line | None:
+def _l0_line(b: float | None, f: float | None, d_sae: int | None, fixed: bool, t: Thresholds) -> Line | None:
     if fixed:
         seen = f" ({_n(f)} vs {_n(b)} on the base, ratio {_n(f / b)})" if f is not None and b else ""
-        return _Line(_L0, None, f"{_L0} ratio ignored{seen}: a TopK SAE fixes L0 at k, so it carries no signal")
+        return Line(_L0, None, f"{_L0} ratio ignored{seen}: a TopK SAE fixes L0 at k, so it carries no signal")
     if f is None:
         return None
     if b is None:
         if d_sae is None:
-            return _Line(_L0, None, f"{_L0} {_n(f)} on the finetune: no base value or d_sae to compare, not counted")
+            return Line(_L0, None, f"{_L0} {_n(f)} on the finetune: no base value or d_sae to compare, not counted")
         frac = f / d_sae
         return _floor_only(_L0 + "/d_sae", frac, frac > t.base_max_l0_fraction, t.base_max_l0_fraction)
     ratio = f / b  # the gate keeps b >= base_min_l0 > 0
@@ -322,7 +311,7 @@ def _l0_line(b: float | None, f: float | None, d_sae: int | None, fixed: bool, t
         grade, band = "weak", f"outside [{_n(1 / t.l0_ratio_ok)}, {_n(t.l0_ratio_ok)}]"
     else:
         grade, band = "bad", f"outside [{_n(1 / t.l0_ratio_bad)}, {_n(t.l0_ratio_bad)}]"
-    return _Line(_L0, grade, f"{_L0} {_n(f)} vs {_n(b)} on the base (ratio {_n(ratio)} {band}) ({grade})")
+    return Line(_L0, grade, f"{_L0} {_n(f)} vs {_n(b)} on the base (ratio {_n(ratio)} {band}) ({grade})")
 
 
 def _native_scores(native: SaeQuality | None, t: Thresholds) -> tuple[float | None, float | None, list[str]]:
@@ -343,14 +332,74 @@ def _native_scores(native: SaeQuality | None, t: Thresholds) -> tuple[float | No
     return out["ce_loss_score"], out["kl_div_score"], flags
 
 
+
+
+_COMPARED: dict[str, tuple[tuple[str, str], ...]] = {
+    _EV: (("ev_ratio", "ratio"),),
+    _KL: (("kl_score_drop", "drop"), ("kl_native_gap", "native gap")),
+    _CE: (("ce_score_drop", "drop"), ("ce_native_gap", "native gap")),
+    _DELTA: (("ce_delta_ratio", "ratio"), ("ce_delta_excess", "excess")),
+    _L0: (("l0_ratio", "ratio"),),
+}
+"""The `Comparisons` each line of evidence compares with its thresholds (their intervals go in its reason)."""
+
+
+def compared_values(base: SaeQuality, finetune: SaeQuality, native: SaeQuality | None) -> dict[str, float]:
+    """The quantities the rules compare with thresholds (`Comparisons` fields), NaN where undefined."""
+    def get(q: SaeQuality | None, key: str) -> float:
+        value = None if q is None else getattr(q, key)
+        return math.nan if value is None else float(value)
+
+    def div(a: float, b: float) -> float:
+        return a / b if math.isfinite(a) and math.isfinite(b) and b != 0 else math.nan
+
+    b, f = (lambda k: get(base, k)), (lambda k: get(finetune, k))
+    return {
+        "ev_ratio": div(f("explained_variance"), b("explained_variance")),
+        "kl_score_drop": b("kl_div_score") - f("kl_div_score"),
+        "ce_score_drop": b("ce_loss_score") - f("ce_loss_score"),
+        "kl_native_gap": get(native, "kl_div_score") - f("kl_div_score"),
+        "ce_native_gap": get(native, "ce_loss_score") - f("ce_loss_score"),
+        "ce_delta_ratio": div(f("ce_delta"), b("ce_delta")),
+        "ce_delta_excess": f("ce_delta") - b("ce_delta"),
+        "l0_ratio": div(f("l0"), b("l0")),
+    }
+
+
+def _conclude(lines: list[Line], notes: list[str], t: Thresholds) -> VerdictResult:
+    """Any bad line -> fails; any weak -> partial; enough ok lines (one EV or KL) -> transfers."""
+    graded = [line for line in lines if line.grade is not None]
+    by_grade = {g: [line.metric for line in graded if line.grade == g] for g in ("bad", "weak", "ok")}
+    details = tuple(line.reason for line in lines) + tuple(notes)
+    if by_grade["bad"]:
+        return VerdictResult("fails", (f"fails: bad on {', '.join(by_grade['bad'])}", *details), tuple(lines))
+    if by_grade["weak"]:
+        uncertain = {line.metric for line in graded if line.uncertain}
+        named = ", ".join(f"{m} (uncertain)" if m in uncertain else m for m in by_grade["weak"])
+        return VerdictResult("partial", (f"partial: weak on {named}", *details), tuple(lines))
+    primary = [m for m in by_grade["ok"] if m in (_EV, _KL)]
+    if not primary or len(graded) < t.min_lines_of_evidence:
+        have = ", ".join(by_grade["ok"]) or "nothing"
+        return VerdictResult("partial", (
+            f"partial: insufficient evidence (ok: {have}); transfers needs {t.min_lines_of_evidence} graded lines, "
+            f"one of them {_EV} or {_KL}, because CE-based scores alone can be fooled", *details), tuple(lines))
+    return VerdictResult("transfers", (f"transfers: ok on {', '.join(by_grade['ok'])}", *details), tuple(lines))
+
+
 def decide(*, base: SaeQuality, finetune: SaeQuality, architecture: str, native: SaeQuality | None = None,
-           comparable: bool = True, not_comparable_reason: str = "",
+           comparable: bool = True, not_comparable_reason: str = "", not_judged_reasons: Sequence[str] = (),
            thresholds: Thresholds = Thresholds()) -> VerdictResult:
-    """The verdict for the base SAE on a finetune; see the module docstring for the rules."""
+    """The verdict for the base SAE on a finetune; see the module docstring for the rules.
+
+    `not_judged_reasons` (from the masking floor, `masking.KEPT_FLOOR`) make the verdict `not judged`
+    before any metric is read: the SAE is not blamed for what the mask removed.
+    """
     t = thresholds
     if not comparable:
         return VerdictResult("not comparable", (
             not_comparable_reason or "the tokenizers differ: the evaluation ids do not mean the same in both models",))
+    if not_judged_reasons:
+        return VerdictResult("not judged", ("not judged: too few positions left after masking", *not_judged_reasons))
 
     d_sae, d_notes = _d_sae(base, finetune)
     b, base_flags = _clean(base, "base", d_sae)
@@ -384,18 +433,59 @@ def decide(*, base: SaeQuality, finetune: SaeQuality, architecture: str, native:
         names = [_NAMES[k] for k, m in missing.items() if m == sides]
         if names:
             notes.append(f"not measured on {where}: {', '.join(names)}")
+    return _conclude(lines, notes, t)
 
-    graded = [line for line in lines if line.grade is not None]
-    by_grade = {g: [line.metric for line in graded if line.grade == g] for g in ("bad", "weak", "ok")}
-    details = tuple(line.reason for line in lines) + tuple(notes)
-    if by_grade["bad"]:
-        return VerdictResult("fails", (f"fails: bad on {', '.join(by_grade['bad'])}", *details))
-    if by_grade["weak"]:
-        return VerdictResult("partial", (f"partial: weak on {', '.join(by_grade['weak'])}", *details))
-    primary = [m for m in by_grade["ok"] if m in (_EV, _KL)]
-    if not primary or len(graded) < t.min_lines_of_evidence:
-        have = ", ".join(by_grade["ok"]) or "nothing"
-        return VerdictResult("partial", (
-            f"partial: insufficient evidence (ok: {have}); transfers needs {t.min_lines_of_evidence} graded lines, "
-            f"one of them {_EV} or {_KL}, because CE-based scores alone can be fooled", *details))
-    return VerdictResult("transfers", (f"transfers: ok on {', '.join(by_grade['ok'])}", *details))
+
+@dataclass(frozen=True)
+class Evidence:
+    """What `decide` reads for one direction: the SAE on its own model, on the other, and the native SAE."""
+
+    base: SaeQuality
+    finetune: SaeQuality
+    native: SaeQuality | None = None
+
+
+def _interval_text(comparisons: Comparisons, metric: str) -> str:
+    parts = []
+    for key, label in _COMPARED.get(metric, ()):
+        estimate: Estimate | None = getattr(comparisons, key)
+        if estimate is not None and math.isfinite(estimate.low) and math.isfinite(estimate.high):
+            parts.append(f"{label} {_n(estimate.value)} [{_n(estimate.low)}, {_n(estimate.high)}]")
+    return "; ".join(parts)
+
+
+def decide_with_uncertainty(point: Evidence, replicates: Sequence[Evidence], comparisons: Comparisons, *,
+                            architecture: str, level: float, thresholds: Thresholds = Thresholds()) -> VerdictResult:
+    """`decide` on the point values, each ok/bad line kept only where `thresholds.agreement` of the
+    bootstrap replicates (graded by the same rules) agree; otherwise that line is `weak (uncertain)`.
+
+    The reason of every graded line quotes the interval of what it compared; the gate reads point values.
+    """
+    t = thresholds
+    result = decide(base=point.base, finetune=point.finetune, native=point.native, architecture=architecture,
+                    thresholds=t)
+    if result.verdict not in ("transfers", "partial", "fails") or not replicates:
+        return result
+    grades: dict[str, list[str | None]] = {}
+    for rep in replicates:
+        rep_result = decide(base=rep.base, finetune=rep.finetune, native=rep.native, architecture=architecture,
+                            thresholds=t)
+        by_metric = {line.metric: line.grade for line in rep_result.lines}
+        for line in result.lines:
+            grades.setdefault(line.metric, []).append(by_metric.get(line.metric))
+    lines = []
+    for line in result.lines:
+        if line.grade is None:
+            lines.append(line)
+            continue
+        agree = sum(g == line.grade for g in grades[line.metric]) / len(replicates)
+        interval = _interval_text(comparisons, line.metric)
+        quoted = f" [{level:.0%} interval: {interval}]" if interval else ""
+        if line.grade in ("ok", "bad") and agree < t.agreement:
+            lines.append(replace(line, grade="weak", uncertain=True, agreement=agree, reason=(
+                f"{line.reason}{quoted}; uncertain: only {agree:.0%} of {len(replicates)} resamples give "
+                f"{line.grade} (needs {t.agreement:.1%}) -> weak (uncertain)")))
+        else:
+            lines.append(replace(line, agreement=agree, reason=f"{line.reason}{quoted}"))
+    notes = list(result.reasons[1 + len(result.lines):])
+    return _conclude(lines, notes, t)
