@@ -375,7 +375,7 @@ def _conclude(lines: list[Line], notes: list[str], t: Thresholds) -> VerdictResu
         return VerdictResult("fails", (f"fails: bad on {', '.join(by_grade['bad'])}", *details), tuple(lines))
     if by_grade["weak"]:
         uncertain = {line.metric for line in graded if line.uncertain}
-        named = ", ".join(f"{m} (uncertain)" if m in uncertain else m for m in by_grade["weak"])
+        named = ", ".join(f"{m} (uncertain)" if m in uncertain else f"{m} (in band)" for m in by_grade["weak"])
         return VerdictResult("partial", (f"partial: weak on {named}", *details), tuple(lines))
     primary = [m for m in by_grade["ok"] if m in (_EV, _KL)]
     if not primary or len(graded) < t.min_lines_of_evidence:

@@ -6,13 +6,16 @@ These build models in memory (no zoo, no loading), so they pin the engine's arit
 from __future__ import annotations
 
 import math
+from dataclasses import astuple
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from saetransfer import engine
+from saetransfer.loading.tokenizers import check_compatible, compare_vocabs
 from saetransfer.registry import DatasetSource, ModelSource, OutlierPolicy, Pair, SaeSource
+from saetransfer.results import PairResult, Provenance
 
 D_MODEL, D_VOCAB, CTX, BOS = 32, 97, 16, 0
 
@@ -76,10 +79,20 @@ def pair(batch_size: int = 8, relative: float = 100.0) -> Pair:
                 outliers=OutlierPolicy(relative=relative))
 
 
-def stream(base, ft, sae, toks, native=None, **kw):
+def stream(base, ft, sae, toks, native=None, **kw) -> PairResult:
+    """The engine's pass on in-memory models; the header sections are placeholders."""
     config = engine.RunConfig(n_tokens=toks.numel(), progress=False)
+    p = pair(**kw)
+    vocab = {str(i): i for i in range(D_VOCAB)}
+    provenance = Provenance(
+        pair_id=p.id, test_id=p.test_id, hook=p.hook, sae="s", sae_architecture="standard", d_sae=sae.d_sae,
+        base="b", finetune="f", dataset="d", dataset_revision=None, token_sha256="", n_tokens=toks.numel(),
+        n_rows=toks.shape[0], context_size=CTX, prepend_bos=True, seed=0, device="cpu", dtype="float32",
+        versions={}, metric_version=0)
     with torch.inference_mode():
-        return engine._stream(pair(**kw), config, toks, base, ft, sae, native, TOKENIZER)
+        return engine._stream(p, config, toks, base, ft, sae, native, TOKENIZER, compare_vocabs(vocab, vocab),
+                              check_compatible(SimpleNamespace(get_vocab=lambda: vocab),
+                                               SimpleNamespace(get_vocab=lambda: vocab), toks), provenance)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +118,7 @@ def test_run_evals_agrees_on_the_same_tokens(models):
     _, ft = models
     sae = standard_sae()
     toks = tokens(rows=16)
-    ours = stream(loaded(ft), loaded(ft), loaded_sae(sae), toks)["sae"]["base"]
+    ours = stream(loaded(ft), loaded(ft), loaded_sae(sae), toks).sae.base
     store = ActivationsStore.from_sae(model=ft, sae=sae, dataset=Dataset.from_dict({"input_ids": toks.tolist()}),
                                       context_size=CTX, streaming=False, store_batch_size_prompts=16,
                                       n_batches_in_buffer=4, train_batch_size_tokens=64, device="cpu")
@@ -123,20 +136,23 @@ def test_run_evals_agrees_on_the_same_tokens(models):
         "kl_spliced": theirs["model_behavior_preservation"]["kl_div_with_sae"],
     }
     for key, expected in checks.items():
-        assert ours[key] == pytest.approx(expected, rel=2e-3, abs=1e-4), key
+        assert getattr(ours, key) == pytest.approx(expected, rel=2e-3, abs=1e-4), key
 
 
 def test_identity_pair_and_exact_sae(models):
     """Same model twice with a lossless SAE: cosine 1, EV 1, KL 0, CE recovered 1, equal sides."""
     base, _ = models
     out = stream(loaded(base), loaded(base), loaded_sae(standard_sae(identity=True, d_sae=2 * D_MODEL)), tokens())
-    sim, b, f = out["similarity"], out["sae"]["base"], out["sae"]["finetune"]
-    assert sim["cosine_mean"] == pytest.approx(1.0, abs=1e-6) and sim["distance_mean"] == pytest.approx(0, abs=1e-5)
-    assert b["explained_variance"] == pytest.approx(1.0, abs=1e-6) and b["kl_spliced"] == pytest.approx(0, abs=1e-6)
-    assert b["ce_loss_score"] == pytest.approx(1.0, abs=1e-5)
-    assert b == f
-    corr = out["features"]["buckets"]["regular"]["activation_correlation"]
-    assert corr["n_nan"] == 0 and (corr["n"] == 0 or corr["mean"] == pytest.approx(1.0))
+    sim, b, f = out.similarity, out.sae.base, out.sae.finetune
+    assert sim.cosine_mean == pytest.approx(1.0, abs=1e-6) and sim.distance_mean == pytest.approx(0, abs=1e-5)
+    assert b.explained_variance == pytest.approx(1.0, abs=1e-6) and b.kl_spliced == pytest.approx(0, abs=1e-6)
+    assert b.ce_loss_score == pytest.approx(1.0, abs=1e-5)
+    assert b == f == out.sae.norm_matched_finetune
+    corr = out.features.buckets.regular.activation_correlation
+    assert corr.n_nan == 0 and (corr.n == 0 or corr.mean == pytest.approx(1.0))
+    # paired bootstrap: the identity pair's drops are exactly 0, with a zero-width interval
+    for drop in (out.comparisons.kl_score_drop, out.comparisons.ce_score_drop):
+        assert drop.value == drop.low == drop.high == 0.0
 
 
 def test_streaming_does_not_depend_on_batch_size(models):
@@ -147,14 +163,16 @@ def test_streaming_does_not_depend_on_batch_size(models):
     small = stream(loaded(base), loaded(ft), sae, toks, batch_size=4)
     whole = stream(loaded(base), loaded(ft), sae, toks, batch_size=toks.shape[0])
     for key in ("l0", "explained_variance", "ce_spliced", "kl_spliced", "r2_global", "mse"):
-        assert small["sae"]["finetune"][key] == pytest.approx(whole["sae"]["finetune"][key], rel=1e-5), key
-    assert small["similarity"]["cosine_mean"] == pytest.approx(whole["similarity"]["cosine_mean"], rel=1e-6)
+        assert getattr(small.sae.finetune, key) == pytest.approx(getattr(whole.sae.finetune, key), rel=1e-5), key
+    assert small.similarity.cosine_mean == pytest.approx(whole.similarity.cosine_mean, rel=1e-6)
+    for a, b in zip(astuple(small.comparisons.ev_ratio), astuple(whole.comparisons.ev_ratio)):
+        assert a == pytest.approx(b, rel=1e-5)
 
 
 def test_zero_ablation_is_one_vector_per_model(models):
     """With the residual zeroed at every position all positions are identical: one forward suffices."""
     base, _ = models
-    side = engine._ModelSide(base, 1, {}, D_MODEL, D_VOCAB)
+    side = engine._ModelSide(base, 1, [], D_MODEL, D_VOCAB, n_rows=1)
     zeros = torch.zeros(3, CTX, D_MODEL)
     with torch.inference_mode():
         full = base(zeros, start_at_layer=1)
@@ -165,10 +183,10 @@ def test_outliers_keep_clean_activations_and_leave_statistics(models):
     """A low threshold marks positions as outliers: counted, excluded from the kept statistics."""
     base, ft = models
     out = stream(loaded(base), loaded(ft), loaded_sae(standard_sae()), tokens(), relative=1.02)
-    m = out["masking"]
-    assert 0 < m["n_outlier_union"] < m["n_positions"] - m["n_special"]
-    assert m["n_kept"] == m["n_positions"] - m["n_special"] - m["n_outlier_union"]
-    assert out["sae"]["finetune"]["n_tokens"] == m["n_kept"]
+    m = out.masking
+    assert 0 < m.n_outlier_union < m.n_positions - m.n_special
+    assert m.n_kept == m.n_positions - m.n_special - m.n_outlier_union
+    assert out.sae.finetune.n_tokens == m.n_kept
 
 
 def test_extra_vocabulary_rows_change_ce_only_through_the_dropped_mass():
@@ -189,5 +207,6 @@ def test_extra_vocabulary_rows_change_ce_only_through_the_dropped_mass():
 def test_native_sae_is_reported_beside_the_base_sae(models):
     base, ft = models
     out = stream(loaded(base), loaded(ft), loaded_sae(standard_sae(0)), tokens(), native=loaded_sae(standard_sae(1)))
-    assert set(out["sae"]) == {"base", "finetune", "native_on_finetune"}
-    assert not math.isnan(out["sae"]["native_on_finetune"]["explained_variance"])
+    assert out.sae.native_on_finetune is not None
+    assert not math.isnan(out.sae.native_on_finetune.explained_variance)
+    assert out.comparisons.kl_native_gap is not None

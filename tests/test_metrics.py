@@ -25,9 +25,19 @@ def matrices(rows: tuple[int, int] = (2, 24), cols: tuple[int, int] = (2, 8), el
 
 
 def recon(x: torch.Tensor, x_hat: torch.Tensor, feats: torch.Tensor, split: int | None = None) -> dict:
-    acc = metrics.ReconstructionAccumulator(x.shape[1], feats.shape[1])
+    acc = metrics.ReconstructionAccumulator(x.shape[0], x.shape[1], feats.shape[1])
+    rows = torch.arange(x.shape[0])  # one position per row: every row is its own resampling unit
     for part in (slice(None),) if split is None else (slice(None, split), slice(split, None)):
-        acc.update(x[part], x_hat[part], feats[part])
+        acc.update(x[part], x_hat[part], feats[part], rows[part])
+    return acc.result()
+
+
+def downstream(clean: torch.Tensor, ablated: torch.Tensor, spliced: torch.Tensor, targets: torch.Tensor,
+               keep_vocab: int) -> dict:
+    acc = metrics.DownstreamAccumulator(n_rows=1)
+    terms = metrics.downstream_terms(metrics.CleanDistribution.from_logits(clean, ablated, keep_vocab), spliced,
+                                     targets, keep_vocab)
+    acc.update(terms, torch.zeros(terms.shape[0], dtype=torch.long))
     return acc.result()
 
 
@@ -99,9 +109,7 @@ def test_identical_logits_give_zero_kl_and_full_recovery(seed):
     clean = torch.randn(20, 11, generator=gen) * 4
     ablated = torch.randn(11, generator=gen)
     targets = torch.randint(0, 11, (20,), generator=gen)
-    acc = metrics.DownstreamAccumulator()
-    acc.update(metrics.CleanDistribution.from_logits(clean, ablated, 11), clean.clone(), targets, keep_vocab=11)
-    out = acc.result()
+    out = downstream(clean, ablated, clean.clone(), targets, keep_vocab=11)
     assert out["kl_spliced"] == pytest.approx(0.0, abs=1e-6) and out["ce_delta"] == pytest.approx(0.0, abs=1e-6)
     if not math.isnan(out["ce_loss_score"]):
         assert out["ce_loss_score"] == pytest.approx(1.0)
@@ -111,10 +119,7 @@ def test_identical_logits_give_zero_kl_and_full_recovery(seed):
 def test_ablation_equal_to_clean_makes_the_ratios_nan():
     """CE recovered and KL score with a zero denominator are NaN, never a division by a tiny number."""
     clean = torch.zeros(5, 7)
-    acc = metrics.DownstreamAccumulator()
-    acc.update(metrics.CleanDistribution.from_logits(clean, torch.zeros(7), 7), clean + torch.randn(5, 7),
-               torch.arange(5), keep_vocab=7)
-    out = acc.result()
+    out = downstream(clean, torch.zeros(7), clean + torch.randn(5, 7), torch.arange(5), keep_vocab=7)
     assert math.isnan(out["ce_loss_score"]) and math.isnan(out["kl_div_score"])
 
 
@@ -127,3 +132,23 @@ def test_log_density_correlation_counts_dead_latents_at_minus_ten():
     base = torch.tensor([0.0, 1e-3, 1e-2, 0.1])
     assert metrics.log_density_correlation(base, base) == pytest.approx(1.0)
     assert metrics.log10_density(torch.tensor([0.0]))[0] == pytest.approx(-10.0)
+
+
+@settings(max_examples=25)
+@given(matrices(rows=(4, 24)), st.integers(0, 2**31 - 1))
+def test_row_weights_of_one_reproduce_the_point_value(x, seed):
+    """A bootstrap replicate that draws every row once is the point estimate: one formula for both."""
+    gen = torch.Generator().manual_seed(seed)
+    x_hat = x * 0.8 + 0.05 * torch.randn(x.shape, generator=gen)
+    acc = metrics.ReconstructionAccumulator(x.shape[0], x.shape[1], x.shape[1])
+    acc.update(x, x_hat, torch.relu(x), torch.arange(x.shape[0]))
+    point, reps = acc.values(), acc.values(torch.ones(2, x.shape[0], dtype=torch.float64))
+    for key, value in point.items():
+        torch.testing.assert_close(reps[key], value.expand(2), equal_nan=True, rtol=1e-9, atol=1e-9)
+
+
+def test_non_finite_inputs_never_count_as_active_or_reach_a_histogram():
+    """NaN values are dropped by the histograms; the engine keeps such positions out of every sum."""
+    hist = metrics.HistogramAccumulator(-1.0, 1.0, bins=4)
+    hist.update(torch.tensor([0.5, float("nan"), float("inf"), -0.5]))
+    assert sum(hist.result().counts) == 2

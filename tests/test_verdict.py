@@ -19,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saetransfer import verdict as verdict_module
-from saetransfer.verdict import SaeQuality, Thresholds, VerdictResult, decide
+from saetransfer.results import Comparisons, Estimate
+from saetransfer.verdict import Evidence, SaeQuality, Thresholds, VerdictResult, decide, decide_with_uncertainty
 
 Q = SaeQuality
 RANK = {"fails": 0, "partial": 1, "transfers": 2}
@@ -194,7 +195,7 @@ def test_ce_recovered_above_one_is_flagged_and_never_enough_alone() -> None:
 def test_negative_loss_delta_is_flagged() -> None:
     result = decide(base=GOOD, finetune=replace(GOOD, ce_delta=-0.35), architecture="standard")
     assert result.verdict == "partial"
-    assert result.reasons[0] == "partial: weak on loss delta"
+    assert result.reasons[0] == "partial: weak on loss delta (in band)"
 
 
 def test_ev_alone_is_insufficient() -> None:
@@ -388,3 +389,51 @@ def test_never_crashes_and_always_explains(base: SaeQuality, finetune: SaeQualit
     assert result.verdict in ("transfers", "partial", "fails", "unusable")
     assert result.reasons and all(isinstance(r, str) and r for r in result.reasons)
     json.dumps(result.to_dict(), allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# the masking floor and the bootstrap
+
+
+def test_not_judged_comes_before_the_gate() -> None:
+    """A pair the mask emptied is `not judged`, never `unusable`: the SAE is not blamed for the mask."""
+    broken = Q(explained_variance=float("nan"), l0=0.0, ce_loss_score=float("nan"), ce_delta=float("nan"))
+    result = decide(base=broken, finetune=broken, architecture="standard",
+                    not_judged_reasons=("norm outliers on the finetune: 99.2% of its positions",))
+    assert result.verdict == "not judged"
+    assert "99.2%" in result.reasons[1]
+
+
+def _evidence(ev_ft: float) -> Evidence:
+    return Evidence(base=replace(MISTRAL_BASE_ON_BASE, explained_variance=0.8),
+                    finetune=replace(MISTRAL_BASE_ON_CHAT, explained_variance=ev_ft, l0=95.2, ce_delta=0.114))
+
+
+def test_a_line_whose_replicates_straddle_its_threshold_is_weak_uncertain() -> None:
+    """EV ratio 0.76 >= 0.75 (ok) but a third of the replicates fall below: weak (uncertain), not ok."""
+    point = _evidence(0.608)
+    replicates = [_evidence(ev) for ev in [0.59] * 330 + [0.61] * 670]
+    comparisons = Comparisons(ev_ratio=Estimate(0.76, 0.737, 0.7625))
+    result = decide_with_uncertainty(point, replicates, comparisons, architecture="standard", level=0.95)
+    ev = next(line for line in result.lines if line.metric == "explained variance")
+    assert ev.grade == "weak" and ev.uncertain and ev.agreement == pytest.approx(0.67)
+    assert "[95% interval: ratio 0.76 [0.737, 0.762]]" in ev.reason
+    assert result.verdict == "partial" and "(uncertain)" in result.reasons[0]
+
+
+def test_replicates_that_agree_keep_the_grade() -> None:
+    point = _evidence(0.7)
+    result = decide_with_uncertainty(point, [_evidence(0.69), _evidence(0.71)] * 50, Comparisons(),
+                                     architecture="standard", level=0.95)
+    assert result == replace(decide(base=point.base, finetune=point.finetune, architecture="standard"),
+                             lines=result.lines, reasons=result.reasons)
+    assert all(not line.uncertain and line.agreement == 1.0 for line in result.lines if line.grade)
+    assert result.verdict == "transfers"
+
+
+def test_a_weak_line_is_in_band_whatever_its_replicates_say() -> None:
+    """`weak (in band)` is the point value between the lines; uncertainty only ever demotes ok or bad."""
+    point = _evidence(0.5)  # ratio 0.625: in [0.5, 0.75)
+    result = decide_with_uncertainty(point, [_evidence(0.7)] * 10, Comparisons(), architecture="standard",
+                                     level=0.95)
+    assert "explained variance (in band)" in result.reasons[0]
