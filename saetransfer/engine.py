@@ -302,14 +302,20 @@ def _threshold(pair: Pair, side: str, mean_norm: float) -> tuple[float, str]:
 
 
 def _calibrate(pair: Pair, batches: Sequence[Tensor], to_hook: tuple[Any, Any], special: Tensor,
-               device: str) -> _Calibration:
-    """Each model's typical norm (its outlier threshold), then the norm-matching scale on the positions both keep."""
+               device: str) -> tuple[_Calibration, list[tuple[Tensor, Tensor]]]:
+    """Each model's typical norm (its outlier threshold), then the norm-matching scale on the positions both keep.
+
+    Also returns the calibration batches' activations, which the main pass reuses instead of recomputing.
+    """
     norms: list[list[Tensor]] = [[], []]
+    kept_acts = []
     for batch in batches[:CALIBRATION_BATCHES]:
         batch = batch.to(device)
         ok = ~torch.isin(batch, special)
-        for i, acts in enumerate(to_hook):
-            norms[i].append(acts(batch).float().norm(dim=-1)[ok])
+        acts = tuple(to(batch) for to in to_hook)
+        kept_acts.append(acts)
+        for i, a in enumerate(acts):
+            norms[i].append(a.float().norm(dim=-1)[ok])
     flat = [torch.cat(n).double() for n in norms]
     mean = [float(n[torch.isfinite(n)].mean()) if torch.isfinite(n).any() else math.nan for n in flat]
     thr_b, _ = _threshold(pair, "base", mean[0])
@@ -317,7 +323,7 @@ def _calibrate(pair: Pair, batches: Sequence[Tensor], to_hook: tuple[Any, Any], 
     both = torch.isfinite(flat[0]) & torch.isfinite(flat[1]) & (flat[0] <= thr_b) & (flat[1] <= thr_f)
     scale = float(flat[0][both].mean() / flat[1][both].mean()) if both.any() else math.nan
     return _Calibration(thr_b, thr_f, mean[0], mean[1], scale if math.isfinite(scale) and scale > 0 else 1.0,
-                        int(both.sum()))
+                        int(both.sum())), kept_acts
 
 
 def _not_judged_reasons(counts: dict[str, int], cal: _Calibration, n_kept: int, non_special: int) -> list[str]:
@@ -350,7 +356,9 @@ def _stream(pair: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"], base
     special = _special_ids(tokenizer).to(device)
     batches = tokens.split(pair.batch_size)
     base_side = _ModelSide(base.model, start, [_Splice("base", sae.sae)], sae.d_in, keep_vocab, n_rows)
-    cal = _calibrate(pair, batches, (base_side.acts, lambda t: ft.model(t, stop_at_layer=start)), special, device)
+    same_model = ft.model is base.model  # the identity pair: one forward serves both sides
+    to_ft = base_side.acts if same_model else (lambda t: ft.model(t, stop_at_layer=start))
+    cal, calibration_acts = _calibrate(pair, batches, (base_side.acts, to_ft), special, device)
     ft_splices = [_Splice("base", sae.sae), _Splice("norm_matched", sae.sae, cal.scale)]
     if native is not None:
         ft_splices.append(_Splice("native", native.sae))
@@ -364,9 +372,14 @@ def _stream(pair: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"], base
         for cause in ("outlier", "nonfinite_activations", "nonfinite_sae", "nonfinite_logits"):
             counts[f"{cause}_{side}"] = 0
     row = 0
-    for batch in tqdm(batches, desc=f"{pair.id}", disable=not config.progress, unit="batch"):
+    for index, batch in enumerate(tqdm(batches, desc=f"{pair.id}", disable=not config.progress, unit="batch")):
         batch = batch.to(device)
-        acts_b, acts_f = base_side.acts(batch), ft_side.acts(batch)
+        if index < len(calibration_acts):
+            acts_b, acts_f = calibration_acts[index]
+            calibration_acts[index] = ()  # free it
+        else:
+            acts_b = base_side.acts(batch)
+            acts_f = acts_b if same_model else ft_side.acts(batch)
         is_special = torch.isin(batch, special)
         fin_b, fin_f = torch.isfinite(acts_b).all(-1), torch.isfinite(acts_f).all(-1)
         norm_b, norm_f = acts_b.float().norm(dim=-1), acts_f.float().norm(dim=-1)
