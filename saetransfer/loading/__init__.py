@@ -17,6 +17,7 @@ from saetransfer.loading.errors import (
     TooFewTokensError, UnreadableFileError, UnsupportedArchitectureError, UnsupportedHookError,
 )
 from saetransfer.loading.models import LoadedModel, checkpoint_dir, load_model, load_tokenizer, processing_for
+from saetransfer.loading.preflight import check_token_budget, preflight
 from saetransfer.loading.saes import LoadedSAE, check_sae_fits, load_sae
 from saetransfer.loading.tl_configs import tl_config
 from saetransfer.loading.tokenizers import (
@@ -30,7 +31,7 @@ __all__ = [
     "IncompatibleTokenizersError", "LoadedModel", "LoadedSAE", "LoadingError", "MissingPathError", "ProcessingFlagError",
     "SaeConfigError", "SaeMismatchError", "TokenBudgetError", "TokenSample", "TokenizerComparison", "TooFewTokensError",
     "UnreadableFileError", "UnsupportedArchitectureError", "UnsupportedHookError", "availability", "check_compatible",
-    "check_local_sources", "check_sae_fits", "checkpoint_dir", "compare_tokenizers",
-    "compare_vocabs", "good_token_pct", "load_model", "load_sae", "load_tokenizer", "processing_for",
+    "check_local_sources", "check_sae_fits", "check_token_budget", "checkpoint_dir", "compare_tokenizers",
+    "compare_vocabs", "good_token_pct", "load_model", "load_sae", "load_tokenizer", "preflight", "processing_for",
     "read_column", "require_compatible", "sample_tokens", "tl_config", "tokens_sha256",
 ]
