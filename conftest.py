@@ -58,15 +58,31 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(config.workerinput["workercount"])))
-    tokens = config.getoption("--tokens")
-    if tokens is not None and tokens <= 0:
-        raise pytest.UsageError(f"--tokens must be positive, got {tokens}")
+    _check_inputs(config)
     from hypothesis import settings
 
     # Deadlines only produce flaky, non-actionable failures here: torch's first call on a shape is
     # slow, and CI shares 2 cores. Examples stay bounded by max_examples instead.
     settings.register_profile("saetransfer", deadline=None, print_blob=True)
     settings.load_profile("saetransfer")
+
+
+def _check_inputs(config: pytest.Config) -> None:
+    """Bad --tokens or a broken registry file: one usage error now, not a traceback per collected module."""
+    from saetransfer.registry import RegistryError, load_registry, registry_files
+
+    tokens = config.getoption("--tokens")
+    if tokens is not None:  # imported only then: saetransfer.loading pulls in torch
+        from saetransfer.loading import TokenBudgetError, check_token_budget  # the CLI's rule too
+
+        try:
+            check_token_budget(tokens)
+        except TokenBudgetError as err:
+            raise pytest.UsageError(str(err)) from None
+    try:
+        load_registry(registry_files(config.getoption("--registry")))
+    except RegistryError as err:
+        raise pytest.UsageError(str(err)) from None
 
 
 # 3. ---------------------------------------------------------------------------------------------

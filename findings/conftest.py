@@ -51,29 +51,35 @@ _RESULTS: dict[str, Any] = {}
 
 @pytest.fixture
 def result(pair: Any, run_config: dict[str, Any], pytestconfig: pytest.Config) -> Any:
-    """The pair's PairResult (read-only). Skips with the reason when the pair cannot run here."""
+    """The pair's PairResult (read-only). Skips with the reason only when this machine lacks what the pair
+    needs (the Hub offline, a GPU); a wrong entry (a missing local path, a hook typo) fails with its message."""
     from saetransfer.engine import RunConfig, run
-    from saetransfer.loading import availability
+    from saetransfer.loading import LoadingError, availability
     from saetransfer.report.records import write_record, write_skip
 
     config = RunConfig(n_tokens=run_config["tokens"] or pair.n_tokens, device=run_config["device"],
                        dtype=run_config["dtype"], allow_hub=run_config["allow_hub"],
                        progress=pytestconfig.getoption("verbose") > 0)
     if pair.test_id not in _RESULTS:
-        reason = "needs --gpu (a CUDA machine; too large for a CPU run)" if pair.needs_gpu and config.device != "cuda" \
-            else availability(pair, allow_hub=config.allow_hub)
-        if reason is not None:
-            write_skip(records_dir(pytestconfig), pair, reason)
-            pytest.skip(reason)
         try:
+            reason = "needs --gpu (a CUDA machine; too large for a CPU run)" \
+                if pair.needs_gpu and config.device != "cuda" else availability(pair, allow_hub=config.allow_hub)
+            if reason is not None:
+                write_skip(records_dir(pytestconfig), pair, reason)
+                pytest.skip(reason)
             _RESULTS[pair.test_id] = run(pair, config, refresh=run_config["refresh"])
         except Exception as err:  # remembered, so the pair's other findings fail fast with the same error
             _RESULTS[pair.test_id] = err
-            raise
-        write_record(records_dir(pytestconfig), pair, _RESULTS[pair.test_id])
-    if isinstance(_RESULTS[pair.test_id], Exception):
-        raise _RESULTS[pair.test_id]
-    return _RESULTS[pair.test_id]
+            if not isinstance(err, LoadingError):
+                raise
+        else:
+            write_record(records_dir(pytestconfig), pair, _RESULTS[pair.test_id])
+    outcome = _RESULTS[pair.test_id]
+    if isinstance(outcome, LoadingError):  # a bad input: its one-line message is the whole story
+        pytest.fail(f"{type(outcome).__name__}: {outcome}", pytrace=False)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 @pytest.fixture

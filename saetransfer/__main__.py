@@ -34,12 +34,17 @@ def _evidence(args: list[str]) -> int:
 
 def _run(ns: argparse.Namespace) -> int:
     from saetransfer.engine import RunConfig, run
+    from saetransfer.loading.preflight import check_token_budget, preflight
     from saetransfer.registry import get_pair, load_registry, registry_files
 
+    if ns.tokens is not None:
+        check_token_budget(ns.tokens)  # before the registry: `--tokens 0` never falls back to the default
     pair = get_pair(load_registry(registry_files(ns.registry)), ns.pair)
     device = "cuda" if ns.gpu else "cpu"
-    config = RunConfig(n_tokens=ns.tokens or pair.n_tokens, device=device,
+    config = RunConfig(n_tokens=pair.n_tokens if ns.tokens is None else ns.tokens, device=device,
                        dtype="bfloat16" if ns.gpu else "float32", allow_hub=ns.hub, progress=True)
+    for warning in preflight(pair, config):  # here too, not only in the engine: a cached result skips it
+        print(f"warning: {warning}", file=sys.stderr)
     result = run(pair, config, refresh=ns.refresh)
     print(result.to_json())
     return 0

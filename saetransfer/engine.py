@@ -239,6 +239,7 @@ def evaluate_pair(pair: Pair, config: RunConfig, warnings: Sequence[str] = ()) -
     """Run every finding's computation for `pair` in one streaming pass."""
     from saetransfer import loading
 
+    preflight_warnings = loading.preflight(pair, config)  # noqa: F841  # before any weights; for provenance
     device, dtype = config.device, config.torch_dtype
     hook_start_layer(pair.hook)  # an unsupported hook fails here, before anything is loaded
     sae = loading.load_sae(pair.sae, device=device, allow_hub=config.allow_hub)

@@ -1,13 +1,15 @@
-"""`availability` says in one line what a pair lacks, offline or with --hub, without any request."""
+"""`availability` says in one line what a pair lacks, offline or with --hub, without any request;
+a local path that is wrong is an error naming the entry and the field, never a skip."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from saetransfer.loading import availability
+from saetransfer.loading import MissingPathError, SaeConfigError, availability
 from saetransfer.loading.testing import fake_hub_cache, save_tiny_sae
 from saetransfer.paths import ZOO
 from saetransfer.registry import DatasetSource, ModelSource, Pair, SaeSource, load_registry
@@ -24,10 +26,12 @@ def _offline(no_network: None) -> None:
 def local_pair(tmp_path: Path) -> Pair:
     model = tmp_path / "model"
     model.mkdir()
-    (model / "config.json").write_text("{}")
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (model / name).write_text("{}")
     sae = tmp_path / "sae"
     sae.mkdir()
-    (sae / "cfg.json").write_text("{}")
+    for name in ("cfg.json", "sae_weights.safetensors"):
+        (sae / name).write_text("{}")
     (tmp_path / "eval.parquet").write_bytes(b"")
     return Pair(id="tiny__x", base=ModelSource(path=model), finetune=ModelSource(path=model),
                 sae=SaeSource(name="s", path=sae), hook=HOOK,
@@ -45,17 +49,47 @@ def test_local_pair_present(local_pair: Pair) -> None:
     assert availability(local_pair, allow_hub=True) is None
 
 
-def test_missing_zoo_path_suggests_the_build(local_pair: Pair) -> None:
+def test_missing_zoo_path_is_an_error_naming_the_field(local_pair: Pair) -> None:
     pair = replace(local_pair, finetune=ModelSource(path=ZOO / "models" / "no-such-finetune"))
-    expected = ("finetune: missing local path fixtures/zoo/models/no-such-finetune "
-                "(run `python -m saetransfer zoo build`?)")
-    assert availability(pair, allow_hub=False) == expected
-    assert availability(pair, allow_hub=True) == expected  # --hub does not build the zoo
+    expected = ("registry entry 'tiny__x', field 'finetune': missing local path fixtures/zoo/models/no-such-finetune "
+                "(run `python -m saetransfer zoo build`?); fix the path")
+    for allow_hub in (False, True):  # --hub does not build the zoo
+        with pytest.raises(MissingPathError, match=re.escape(expected)):
+            availability(pair, allow_hub=allow_hub)
 
 
-def test_local_dirs_must_be_usable(local_pair: Pair, tmp_path: Path) -> None:
-    (tmp_path / "sae" / "cfg.json").unlink()
-    assert availability(local_pair, allow_hub=False) == f"sae: {tmp_path / 'sae'} has no cfg.json"
+def test_the_registry_file_is_named(local_pair: Pair, tmp_path: Path) -> None:
+    pair = replace(local_pair, dataset=DatasetSource(path=tmp_path / "typo.parquet"),
+                   source_file=tmp_path / "my-pairs.toml")
+    with pytest.raises(MissingPathError, match=rf"registry entry 'tiny__x' \({tmp_path}/my-pairs.toml\), "
+                                               r"field 'dataset': missing local path .*typo\.parquet"):
+        availability(pair, allow_hub=False)
+
+
+@pytest.mark.parametrize(("directory", "remove", "problem"), [
+    ("sae", "cfg.json", "has no cfg.json"),
+    ("sae", "sae_weights.safetensors", "has cfg.json but no sae_weights.safetensors"),
+    ("model", "config.json", "has no config.json"),
+    ("model", "model.safetensors", "has config.json but no weights"),
+    ("model", "tokenizer.json", "holds no tokenizer files"),
+])
+def test_local_dirs_must_be_usable(local_pair: Pair, tmp_path: Path, directory: str, remove: str, problem: str) -> None:
+    (tmp_path / directory / remove).unlink()
+    field = "sae" if directory == "sae" else "base"
+    with pytest.raises(MissingPathError, match=rf"field '{field}': {tmp_path / directory} {problem}"):
+        availability(local_pair, allow_hub=False)
+
+
+def test_an_interpolation_start_needs_no_tokenizer(local_pair: Pair, tmp_path: Path) -> None:
+    start = tmp_path / "start"
+    start.mkdir()
+    (start / "config.json").write_text("{}")
+    pair = replace(local_pair, finetune=ModelSource(path=tmp_path / "model", interpolate_from=start, alpha=0.5))
+    with pytest.raises(MissingPathError, match=r"field 'finetune' \(interpolate_from\): .*start has config.json "
+                                               "but no weights"):
+        availability(pair, allow_hub=False)
+    (start / "model.safetensors").write_text("{}")
+    assert availability(pair, allow_hub=False) is None
 
 
 @pytest.mark.usefixtures("hf_cache")
@@ -102,9 +136,11 @@ def test_with_hub_only_gated_repos_without_a_token_are_reported(monkeypatch: pyt
     assert "HF_HUB_OFFLINE=1 blocks downloads" in availability(HUB_PAIR, allow_hub=True)
 
 
-def test_unknown_release_is_a_reason(local_pair: Pair) -> None:
+def test_unknown_release_is_an_error_not_a_skip(local_pair: Pair) -> None:
     pair = replace(local_pair, sae=SaeSource(name="x", release="no-such-release", sae_id=HOOK))
-    assert availability(pair, allow_hub=True).startswith("sae: unknown SAELens release 'no-such-release'")
+    with pytest.raises(SaeConfigError, match="registry entry 'tiny__x', field 'sae': unknown SAELens release "
+                                             "'no-such-release'"):
+        availability(pair, allow_hub=True)
 
 
 @pytest.mark.usefixtures("hf_cache")

@@ -9,14 +9,15 @@ Heavy libraries (transformers, TransformerLens, SAELens) are imported inside the
 need them, so importing this package is cheap.
 """
 
-from saetransfer.loading.availability import availability
+from saetransfer.loading.availability import availability, check_local_sources
 from saetransfer.loading.datasources import read_column
 from saetransfer.loading.errors import (
-    BosMismatchError, DatasetFormatError, HubUnavailableError, IncompatibleTokenizersError, LoadingError,
-    MissingPathError, ProcessingFlagError, SaeConfigError, SaeMismatchError, TooFewTokensError,
-    UnsupportedArchitectureError,
+    BosMismatchError, DatasetFormatError, DeviceUnavailableError, HubUnavailableError, IncompatibleTokenizersError,
+    LoadingError, MissingPathError, ProcessingFlagError, SaeConfigError, SaeMismatchError, TokenBudgetError,
+    TooFewTokensError, UnreadableFileError, UnsupportedArchitectureError, UnsupportedHookError,
 )
 from saetransfer.loading.models import LoadedModel, checkpoint_dir, load_model, load_tokenizer, processing_for
+from saetransfer.loading.preflight import check_token_budget, preflight
 from saetransfer.loading.saes import LoadedSAE, check_sae_fits, load_sae
 from saetransfer.loading.tl_configs import tl_config
 from saetransfer.loading.tokenizers import (
@@ -26,10 +27,11 @@ from saetransfer.loading.tokenizers import (
 from saetransfer.loading.tokens import TokenSample, sample_tokens, tokens_sha256
 
 __all__ = [
-    "BosMismatchError", "Compatibility", "DatasetFormatError", "HubUnavailableError", "IncompatibleTokenizersError",
-    "LoadedModel", "LoadedSAE", "LoadingError", "MissingPathError", "ProcessingFlagError", "SaeConfigError",
-    "SaeMismatchError", "TokenSample", "TokenizerComparison", "TooFewTokensError", "UnsupportedArchitectureError",
-    "availability", "check_compatible", "check_sae_fits", "checkpoint_dir", "compare_tokenizers", "compare_vocabs",
-    "good_token_pct", "load_model", "load_sae", "load_tokenizer", "processing_for", "read_column", "require_compatible",
-    "sample_tokens", "tl_config", "tokens_sha256",
+    "BosMismatchError", "Compatibility", "DatasetFormatError", "DeviceUnavailableError", "HubUnavailableError",
+    "IncompatibleTokenizersError", "LoadedModel", "LoadedSAE", "LoadingError", "MissingPathError", "ProcessingFlagError",
+    "SaeConfigError", "SaeMismatchError", "TokenBudgetError", "TokenSample", "TokenizerComparison", "TooFewTokensError",
+    "UnreadableFileError", "UnsupportedArchitectureError", "UnsupportedHookError", "availability", "check_compatible",
+    "check_local_sources", "check_sae_fits", "check_token_budget", "checkpoint_dir", "compare_tokenizers",
+    "compare_vocabs", "good_token_pct", "load_model", "load_sae", "load_tokenizer", "preflight", "processing_for",
+    "read_column", "require_compatible", "sample_tokens", "tl_config", "tokens_sha256",
 ]

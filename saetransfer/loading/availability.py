@@ -1,49 +1,114 @@
-"""Can a pair run here? One line saying what is missing, checked without any network call."""
+"""Can a pair run here? Unavailable (skip, with the reason) is told apart from wrong (an error).
+
+Only what this machine legitimately lacks is a reason to skip: a Hub source that is not in the HF
+cache while offline, a gated repo without a token. A local path is the user's own: when it does not
+exist or lacks the files that make it usable, that is a mistake in the registry entry, and it raises
+`MissingPathError` naming the entry and the field, so a typo can never turn a run green.
+No network call is made either way.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-from saetransfer.loading.errors import LoadingError
+from saetransfer.loading.errors import MissingPathError, SaeConfigError
 from saetransfer.loading.hub import (
     MODEL_FILES, PICKLE_WEIGHTS, TOP_LEVEL_ONLY, cached_snapshot, describe_path, env_offline, has_files,
     has_token, is_gated, offline_reason,
 )
-from saetransfer.registry import DatasetSource, ModelSource, Pair, SaeSource
+from saetransfer.registry import DatasetSource, ModelSource, Pair, SaeSource, display_path
+
+Source = ModelSource | SaeSource | DatasetSource
+WEIGHT_FILES: tuple[str, ...] = ("*.safetensors", *PICKLE_WEIGHTS)
+TOKENIZER_MARKERS: tuple[str, ...] = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+"""Any one of these makes a dir loadable by AutoTokenizer (the same test as `load_tokenizer`)."""
+SAE_WEIGHTS = "sae_weights.safetensors"
+"""What SAELens's `SAE.load_from_disk` reads next to cfg.json."""
+
+
+def where(pair: Pair, role: str) -> str:
+    """`registry entry 'id' (file), field 'role'`: what a user needs to find the line to fix."""
+    file = f" ({display_path(pair.source_file)})" if pair.source_file is not None else ""
+    return f"registry entry {pair.id!r}{file}, field {role!r}"
+
+
+def sources(pair: Pair) -> Iterator[tuple[str, Source]]:
+    """(field name, source) of everything the pair needs, in registry order."""
+    yield "base", pair.base
+    yield "finetune", pair.finetune
+    yield "sae", pair.sae
+    if pair.native_sae is not None:
+        yield "native_sae", pair.native_sae
+    yield "dataset", pair.dataset
+
+
+def check_local_sources(pair: Pair) -> None:
+    """Raise for a local source that does not exist or lacks the files that make it usable.
+
+    Raises:
+        MissingPathError: naming the registry entry, the field and the fix.
+    """
+    for role, source in sources(pair):
+        if isinstance(source, ModelSource) and source.interpolate_from is not None:
+            problem = _local_problem(Path(source.interpolate_from), source, needs_tokenizer=False)
+            if problem is not None:
+                raise MissingPathError(f"{where(pair, role)} (interpolate_from): {problem}")
+        if source.path is not None:
+            problem = _local_problem(Path(source.path), source, needs_tokenizer=True)
+            if problem is not None:
+                raise MissingPathError(f"{where(pair, role)}: {problem}")
 
 
 def availability(pair: Pair, *, allow_hub: bool) -> str | None:
-    """None when everything `pair` needs is here (or may be downloaded), else a one-line reason.
+    """None when everything `pair` needs is here (or may be downloaded), else a one-line skip reason.
 
-    Offline: local paths must exist and Hub sources must be in the HF cache. With `allow_hub`: local
-    paths must exist, and a gated repo that is not cached needs a token. No request is made either way.
+    Offline: Hub sources must be in the HF cache. With `allow_hub`: a gated repo that is not cached
+    needs a token. No request is made either way.
+
+    Raises:
+        MissingPathError: a local source is absent or unusable (`check_local_sources`): not a skip.
+        SaeConfigError: an SAE release or sae_id SAELens does not know (close names listed).
     """
-    sources = [("base", pair.base), ("finetune", pair.finetune), ("sae", pair.sae)]
-    if pair.native_sae is not None:
-        sources.append(("native_sae", pair.native_sae))
-    sources.append(("dataset", pair.dataset))
-    for role, source in sources:
-        reason = _check(source, allow_hub=allow_hub)
+    check_local_sources(pair)
+    for role, source in sources(pair):
+        if source.path is not None:
+            continue
+        try:
+            reason = _sae(source, allow_hub=allow_hub) if isinstance(source, SaeSource) else _hub(source, allow_hub)
+        except SaeConfigError as err:  # an unknown release or sae_id is a typo in the entry, not a skip
+            raise SaeConfigError(f"{where(pair, role)}: {err}") from err
         if reason is not None:
             return f"{role}: {reason}"
     return None
 
 
-def _check(source: ModelSource | SaeSource | DatasetSource, *, allow_hub: bool) -> str | None:
-    if isinstance(source, ModelSource) and source.interpolate_from is not None:
-        reason = _local(Path(source.interpolate_from), source)
-        if reason is not None:
-            return reason
-    if source.path is not None:
-        return _local(Path(source.path), source)
+def _local_problem(path: Path, source: Source, *, needs_tokenizer: bool) -> str | None:
+    if not path.exists():
+        return f"{describe_path(path)}; fix the path (relative paths are relative to the registry file)"
+    if isinstance(source, ModelSource):
+        if not (path / "config.json").is_file():
+            return f"{display_path(path)} has no config.json (not a HF checkpoint dir; `save_pretrained` writes one)"
+        if not has_files(path, WEIGHT_FILES):
+            return (f"{display_path(path)} has config.json but no weights (model.safetensors, safetensors shards or "
+                    "pytorch_model.bin); copy them in (`model.save_pretrained` writes them)")
+        if needs_tokenizer and not has_files(path, TOKENIZER_MARKERS):
+            return (f"{display_path(path)} holds no tokenizer files ({', '.join(TOKENIZER_MARKERS)}); "
+                    "save the tokenizer there (`tokenizer.save_pretrained`)")
     if isinstance(source, SaeSource):
-        return _sae(source, allow_hub=allow_hub)
+        if not (path / "cfg.json").is_file():
+            return f"{display_path(path)} has no cfg.json (not a SAELens SAE dir; `sae.save_model` writes one)"
+        if not (path / SAE_WEIGHTS).is_file():
+            return f"{display_path(path)} has cfg.json but no {SAE_WEIGHTS}; copy it in (`sae.save_model` writes it)"
+    return None
+
+
+def _hub(source: ModelSource | DatasetSource, allow_hub: bool) -> str | None:
     assert source.hub is not None
     if isinstance(source, ModelSource):
         folder = cached_snapshot(source.hub, revision=source.revision, allow_patterns=MODEL_FILES,
                                  ignore_patterns=TOP_LEVEL_ONLY)
-        cached = folder is not None and (folder / "config.json").is_file() and (
-            has_files(folder, ("*.safetensors",)) or has_files(folder, PICKLE_WEIGHTS))
+        cached = folder is not None and (folder / "config.json").is_file() and has_files(folder, WEIGHT_FILES)
     else:
         cached = cached_snapshot(source.hub, repo_type="dataset", revision=source.revision) is not None
     return None if cached else _uncached(source.hub, allow_hub=allow_hub)
@@ -57,27 +122,28 @@ def _uncached(repo_id: str, *, allow_hub: bool) -> str | None:
     return None
 
 
-def _local(path: Path, source: ModelSource | SaeSource | DatasetSource) -> str | None:
-    if not path.exists():
-        return describe_path(path)
-    needed = {ModelSource: "config.json", SaeSource: "cfg.json"}.get(type(source))
-    if needed is not None and not (path / needed).is_file():
-        return f"{path} has no {needed}"
+def sae_snapshot(source: SaeSource) -> Path | None:
+    """The cached folder of a SAELens release entry, or None when it is not (usably) in the HF cache.
+
+    Raises:
+        SaeConfigError: an unknown release or sae_id.
+    """
+    from saetransfer.loading.saes import release_location
+
+    assert source.release is not None and source.sae_id is not None
+    repo_id, folder = release_location(source.release, source.sae_id)
+    found = cached_snapshot(repo_id, allow_patterns=[f"{folder}/*", folder])
+    here = None if found is None else found / folder
+    # a SAELens-format folder needs its weights next to cfg.json; other formats: the folder itself
+    if here is not None and here.exists() and (not (here / "cfg.json").is_file() or (here / SAE_WEIGHTS).is_file()):
+        return here
     return None
 
 
 def _sae(source: SaeSource, *, allow_hub: bool) -> str | None:
     from saetransfer.loading.saes import release_location
 
-    assert source.release is not None and source.sae_id is not None
-    try:
-        repo_id, folder = release_location(source.release, source.sae_id)
-    except LoadingError as err:
-        return str(err)
-    found = cached_snapshot(repo_id, allow_patterns=[f"{folder}/*", folder])
-    here = None if found is None else found / folder
-    # a SAELens-format folder needs its weights next to cfg.json; other formats: the folder itself
-    if here is not None and here.exists() and (
-            not (here / "cfg.json").is_file() or (here / "sae_weights.safetensors").is_file()):
+    if sae_snapshot(source) is not None:
         return None
+    repo_id, _ = release_location(source.release or "", source.sae_id or "")
     return _uncached(repo_id, allow_hub=allow_hub)

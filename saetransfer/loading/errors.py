@@ -16,6 +16,10 @@ class MissingPathError(LoadingError):
     """A local path named by a source does not exist (or lacks the file that makes it usable)."""
 
 
+class UnreadableFileError(MissingPathError):
+    """A file a source needs exists but cannot be parsed (truncated weights, malformed config.json)."""
+
+
 class HubUnavailableError(LoadingError):
     """A Hub source is needed but not in the HF cache and downloads are off (or it is gated)."""
 
@@ -34,6 +38,19 @@ class SaeConfigError(LoadingError):
 
 class SaeMismatchError(LoadingError):
     """The SAE does not fit the model or the registry entry (width, hook)."""
+
+
+class UnsupportedHookError(SaeMismatchError):
+    """The registry hook is not a residual-stream hook of the model (a typo, a layer past the last one,
+    or a hook kind the spliced pass cannot start from)."""
+
+
+class DeviceUnavailableError(LoadingError):
+    """The run asks for a device this machine lacks (`--gpu` without CUDA)."""
+
+
+class TokenBudgetError(LoadingError):
+    """The token budget is not a positive integer or is smaller than one full batch of rows."""
 
 
 class IncompatibleTokenizersError(LoadingError):
