@@ -65,13 +65,34 @@ class RunConfig:
 
 def hook_start_layer(hook: str) -> int:
     """The block whose input is the hook's residual: resid_pre L -> L, resid_post L -> L + 1."""
+    from saetransfer.loading.errors import UnsupportedHookError
+
     _, layer, name = hook.split(".", 2)
     if name == "hook_resid_pre":
         return int(layer)
     if name == "hook_resid_post":
         return int(layer) + 1
-    raise NotImplementedError(f"hook {hook!r}: only residual-stream SAEs (hook_resid_pre/hook_resid_post) "
-                              "are supported; the spliced pass starts at the hook's layer")
+    raise UnsupportedHookError(f"hook {hook!r}: only residual-stream SAEs (hook_resid_pre/hook_resid_post) "
+                               "are supported; the spliced pass starts at the hook's layer")
+
+
+def _normalisation_warnings(sae: Any) -> list[str]:
+    """How the SAE's activation normalisation meets a finetune, as SAELens 6 runs it (`sae_lens/saes/sae.py`).
+
+    - `none`: raw activations. A release trained with `expected_average_only_in` has its training
+      model's norm factor folded into the weights by `SAE.from_pretrained`: a fixed rescale, never
+      re-estimated on the model it is evaluated on (SAELens's own evals pass an identity
+      `ActivationScaler`). The primary verdict does the same; the norm-matched one rescales on top.
+    - `constant_norm_rescale` / `layer_norm`: `encode`/`decode` rescale every token by its own norm, so
+      a norm shift is absorbed per token and norm matching changes nothing.
+    - `expected_average_only_in` still in the cfg (no factor folded): SAELens feeds raw activations, and
+      so do we; said in the provenance, because the SAE was trained on rescaled ones.
+    """
+    mode = getattr(sae.sae.cfg, "normalize_activations", "none")
+    if mode == "expected_average_only_in":
+        return [f"SAE {sae.source.describe()}: normalize_activations='expected_average_only_in' with no norm factor "
+                "folded in; SAELens then feeds raw activations, and so does this run"]
+    return []
 
 
 def library_versions() -> dict[str, str]:
@@ -235,14 +256,14 @@ def _decode_context(tokenizer: Any, tokens: Tensor, score: float, row: int, pos:
                         context=tokenizer.decode(tokens[row, lo:pos]), next=tokenizer.decode(tokens[row, pos + 1 : pos + 2]))
 
 
-def evaluate_pair(pair: Pair, config: RunConfig, warnings: Sequence[str] = ()) -> PairResult:
+def evaluate_pair(pair: Pair, config: RunConfig) -> PairResult:
     """Run every finding's computation for `pair` in one streaming pass."""
     from saetransfer import loading
 
-    preflight_warnings = loading.preflight(pair, config)  # noqa: F841  # before any weights; for provenance
+    warnings = loading.preflight(pair, config)  # everything knowable from configs, before any weights
     device, dtype = config.device, config.torch_dtype
-    hook_start_layer(pair.hook)  # an unsupported hook fails here, before anything is loaded
     sae = loading.load_sae(pair.sae, device=device, allow_hub=config.allow_hub)
+    warnings += _normalisation_warnings(sae)
     context = pair.context_size or sae.context_size
     prepend_bos = sae.prepend_bos if pair.prepend_bos is None else pair.prepend_bos
     base_tok = loading.load_tokenizer(pair.base, allow_hub=config.allow_hub)
