@@ -197,10 +197,11 @@ def _collect_claims(report: pytest.TestReport) -> None:
 
     for key, value in report.user_properties:
         if key == _CLAIM_PROPERTY:
-            test_id, gated, outcome = value
-            _CLAIMS.setdefault(test_id, {})[outcome["claim"]] = ClaimOutcome.from_dict(outcome)
-            if outcome["holds"] is False and not gated:
-                _EVIDENCE[test_id, outcome["claim"]] = outcome["message"]
+            test_id, gated, data = value  # plain JSON on the report: it crosses from xdist workers
+            outcome = ClaimOutcome.from_dict(data)
+            _CLAIMS.setdefault(test_id, {})[outcome.claim] = outcome
+            if outcome.holds is False and not gated:
+                _EVIDENCE[test_id, outcome.claim] = outcome.message
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
