@@ -6,7 +6,8 @@ Sections:
 2. `result`: the pair's PairResult from the keyed cache (computed once, even across xdist workers).
 3. `metrics_snapshot`: rounded JSON snapshots, one file per test id and run configuration, compared
    with a per-metric tolerance; a missing snapshot does not fail the evidence run.
-4. Records and the report: every finding writes its outcome; the controller renders the report.
+4. Records and the report: every finding writes its outcome, every claim (`test_claims.py`,
+   `test_cross_pair.py`) its `ClaimOutcome`; the controller merges them and renders the report.
 """
 
 from __future__ import annotations
@@ -86,8 +87,16 @@ def result(pair: Any, run_config: dict[str, Any], pytestconfig: pytest.Config) -
 def comparable_result(result: Any) -> Any:
     """The result, skipping findings 2-4 for pairs whose tokenizers differ (the seed fed wrong ids)."""
     if not result.comparable:
-        pytest.skip(f"not comparable: {result.compatibility['reason']}")
+        pytest.skip(f"not comparable: {result.compatibility.reason}")
     return result
+
+
+@pytest.fixture
+def judged_result(comparable_result: Any) -> Any:
+    """The result, skipping the metric findings for pairs that kept too few positions (`masking.KEPT_FLOOR`)."""
+    if not comparable_result.judged:
+        pytest.skip(f"not judged: {'; '.join(comparable_result.masking.reasons)}")
+    return comparable_result
 
 
 def records_dir(config: pytest.Config) -> Path:
@@ -171,9 +180,39 @@ def metrics_snapshot(snapshot: Any, pair: Any, run_config: dict[str, Any], reque
 # survive xdist; config.stash does not), and only the controller writes the report.
 _OUTCOMES: dict[str, dict[str, dict[str, str]]] = {}
 _NEW_SNAPSHOTS: list[str] = []
+_CLAIMS: dict[str, dict[str, Any]] = {}
+"""test id -> claim id -> ClaimOutcome, as the claim tests recorded them."""
+_EVIDENCE: dict[tuple[str, str], str] = {}
+"""(test id, claim id) -> message, for claims that do not hold on a pair without an expectation."""
+_CLAIM_PROPERTY = "claim_outcome"
+
+
+@pytest.fixture
+def record_claim(request: pytest.FixtureRequest) -> Any:
+    """Record one ClaimOutcome for a test id; it reaches the pair's record whatever the test's outcome."""
+    from saetransfer.claims import gates
+
+    def record(pair: Any, outcome: Any) -> None:
+        request.node.user_properties.append((_CLAIM_PROPERTY, (pair.test_id, gates(pair), outcome.to_dict())))
+
+    return record
+
+
+def _collect_claims(report: pytest.TestReport) -> None:
+    from saetransfer.claims import ClaimOutcome
+
+    for key, value in report.user_properties:
+        if key == _CLAIM_PROPERTY:
+            test_id, gated, data = value  # plain JSON on the report: it crosses from xdist workers
+            outcome = ClaimOutcome.from_dict(data)
+            _CLAIMS.setdefault(test_id, {})[outcome.claim] = outcome
+            if outcome.holds is False and not gated:
+                _EVIDENCE[test_id, outcome.claim] = outcome.message
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _collect_claims(report)
     match = re.match(r".*::test_(finding\d\w*)\[(.+)\]$", report.nodeid)
     if not match or (report.when != "call" and not (report.when == "setup" and report.outcome != "passed")):
         return
@@ -184,18 +223,19 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if hasattr(session.config, "workerinput") or not _OUTCOMES:
+    if hasattr(session.config, "workerinput") or not (_OUTCOMES or _CLAIMS):
         return
     from saetransfer.paths import REPORTS
-    from saetransfer.report.records import merge_outcomes
+    from saetransfer.report.records import merge_claims, merge_outcomes
     from saetransfer.report import render_report
 
     merge_outcomes(records_dir(session.config), _OUTCOMES)
+    merge_claims(records_dir(session.config), {t: list(c.values()) for t, c in _CLAIMS.items()})
     render_report(records_dir(session.config), REPORTS)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    if hasattr(config, "workerinput") or not _OUTCOMES:
+    if hasattr(config, "workerinput") or not (_OUTCOMES or _CLAIMS):
         return
     from saetransfer.paths import REPORTS
     from saetransfer.report import verdict_table
@@ -209,3 +249,13 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             terminalreporter.write_line(f"  {node}")
         terminalreporter.write_line("write them with: pytest findings --snapshot-update-new-only [-k ID]; "
                                     "the new files are what a reviewer reads")
+    _summarise_evidence(terminalreporter)
+
+
+def _summarise_evidence(terminalreporter: Any) -> None:
+    """Claims that do not hold on pairs without an expectation: recorded as evidence, not failures."""
+    if _EVIDENCE:
+        terminalreporter.write_sep("-", f"{len(_EVIDENCE)} claims do not hold on pairs without an expected "
+                                   "verdict (recorded as evidence, not failures)")
+        for (test_id, _), message in sorted(_EVIDENCE.items()):
+            terminalreporter.write_line(f"  {test_id}: {message}")

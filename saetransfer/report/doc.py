@@ -158,3 +158,8 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
     body = "\n".join(_html_block(b) for b in blocks)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f"<title>{html_text(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+def to_html_fragment(blocks: Sequence[Block]) -> str:
+    """The blocks' HTML without a page around it (no styles, no scripts): for Jupyter's `_repr_html_`."""
+    return "\n".join(_html_block(b) for b in blocks)

@@ -1,8 +1,9 @@
 """The records a pytest run leaves on disk: one evaluated pair per `*.json`, skips under `skipped/`.
 
 Written by the findings (`write_record`, `write_skip`, `merge_outcomes`); read by the renderer.
-`<dir>/<test_id>.json` holds the pair's PairResult plus `expected` and `outcomes` (finding name ->
-outcome and reason); `<dir>/skipped/<test_id>.json` says why a pair could not run here. A skip never
+`<dir>/<test_id>.json` holds the pair's PairResult plus `expected`, `outcomes` (finding name ->
+outcome and reason) and `claims` (one {"claim", "section", "holds", "message"} per claim of
+`saetransfer.claims` decided on it, `merge_claims`); `<dir>/skipped/<test_id>.json` says why a pair could not run here. A skip never
 hides a real record from an earlier run (a GPU run's record stays when a CPU run skips the pair).
 
 The report is rendered from every record present, so a `-k` run adds or updates rows and never
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saetransfer.claims import ClaimOutcome
 from saetransfer.files import write_atomic
 from saetransfer.paths import REPO_ROOT
 from saetransfer.registry import Pair
@@ -44,6 +46,8 @@ class Entry:
     """Why the latest run did not evaluate it; with a `result` too, the result is from an earlier run."""
     sae: str | None = None
     hook: str | None = None
+    claims: tuple[ClaimOutcome, ...] = ()
+    """The post's claims evaluated on this pair (`saetransfer.claims`), as the latest run recorded them."""
 
     @property
     def verdict(self) -> str | None:
@@ -112,7 +116,8 @@ def parse_record(data: Any, stem: str) -> Entry:
     test_id = str(prov.get("test_id") or stem)
     return Entry(test_id=test_id, pair_id=str(prov.get("pair_id") or test_id), result=result,
                  outcomes=_outcomes(data.get("outcomes")), expected=_dict_or_none(data.get("expected"), "'expected'"),
-                 sae=_str_or_none(prov.get("sae")), hook=_str_or_none(prov.get("hook")))
+                 sae=_str_or_none(prov.get("sae")), hook=_str_or_none(prov.get("hook")),
+                 claims=tuple(ClaimOutcome.from_dict(c) for c in data.get("claims") or ()))
 
 
 def parse_skip(data: Any, stem: str) -> Entry:
@@ -209,4 +214,21 @@ def merge_outcomes(directory: Path, outcomes: dict[str, dict[str, dict[str, str]
             continue
         data = json.loads(path.read_text())
         data["outcomes"] = {**data.get("outcomes", {}), **by_finding}
+        _write(path, data)
+
+
+def merge_claims(directory: Path, claims: dict[str, list[ClaimOutcome]]) -> None:
+    """Add {test_id: [ClaimOutcome]} into the records' `claims` lists, replacing outcomes of the same claim.
+
+    Run on the controller only. A record rewritten with a fresh result starts without claims (they were
+    decided on the old result), so a claim not run since shows as not run.
+    """
+    for test_id, outcomes in claims.items():
+        path = directory / f"{test_id}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        merged = {c["claim"]: c for c in data.get("claims") or ()}
+        merged.update({o.claim: o.to_dict() for o in outcomes})
+        data["claims"] = list(merged.values())
         _write(path, data)
