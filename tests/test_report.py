@@ -185,7 +185,7 @@ def test_headline_table_leads_with_the_answer(rendered) -> None:
     assert [r[1]["classes"][0] for r in rows] == ["v-fails", "v-transfers", "v-not-comparable", "v-not-run"]
     assert [r[1]["text"] for r in rows][-1] == "not run" and "gemma-2b" in rows[-1][0]["text"]
     code = rows[0]
-    assert re.fullmatch(r"0\.50\d\d ± 0\.0\d+", code[headers.index("EV ratio ft / base")]["text"]), code
+    assert re.fullmatch(r"0\.50\d\d ± 0\.0\d+", code[headers.index("EV ratio")]["text"]), code
     assert html.index('class="headline"') < html.index('alt="activation cosine against') < html.index(
         'id="how-to-read"'), "the cross-pair figure sits under the table"
 

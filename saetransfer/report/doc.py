@@ -155,9 +155,10 @@ table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; max-width:
 th, td { border: 1px solid #d0d7de; padding: 0.25em 0.55em; text-align: left; vertical-align: top;
          overflow-wrap: anywhere; }
 table.headline { width: 100%; table-layout: fixed; font-size: 0.85em; }
-table.headline th:nth-child(1) { width: 13%; } table.headline th:nth-child(2) { width: 11%; }
-table.headline th:nth-child(3) { width: 24%; }
-table.headline td:nth-child(n+4) { font-variant-numeric: tabular-nums; overflow-wrap: normal; }
+table.headline th, table.headline td { overflow-wrap: break-word; }
+table.headline th:nth-child(1) { width: 13%; } table.headline th:nth-child(2) { width: 10%; }
+table.headline th:nth-child(3) { width: 24%; } table.headline th:last-child { width: 10%; }
+table.headline td:nth-child(n+4) { font-variant-numeric: tabular-nums; }
 span[class^="v-"] { font-weight: 600; }
 """ + "".join(f"span.{verdict_class(v)} {{ color: {c}; }}\n" for v, c in VERDICT_COLOURS.items()) + """
 th { background: #f6f8fa; }

@@ -30,15 +30,15 @@ def how_to_read() -> list[Block]:
         Bullets((
             "The headline numbers are the quantities the verdict compares with a threshold, each as value ± half the "
             "width of its 95 % paired block-bootstrap interval; each pair's section gives the full intervals.",
-            "activation cosine: per-token cosine of base vs finetune residual activations at the SAE hook on "
+            "cosine (activation cosine): per-token cosine of base vs finetune residual activations at the SAE hook on "
             "identical token ids, mean over kept positions (BOS/special tokens, norm outliers and non-finite values "
             "masked per model).",
             "EV ratio: explained variance (SAELens definition) of the base SAE on the finetune over that on the base. "
-            "KL score drop and CE recovered drop: base minus finetune. CE recovered can exceed 1 on a finetune because "
-            "splicing pulls the activations back toward the base model; the KL score measures faithfulness to the "
+            "KL drop and CE drop: the KL score and CE recovered, base minus finetune. CE recovered can exceed 1 on a "
+            "finetune because splicing pulls the activations back toward the base model; the KL score measures faithfulness to the "
             "finetune's own logits.",
-            "L0 ratio: L0 of the base SAE on the finetune over its L0 on the base. norm ratio: ‖a_ft‖ / ‖a_base‖; when "
-            "norm matching (Kissane et al.) changes the verdict the headline says so beside the primary verdict.",
+            "L0 ratio: L0 of the base SAE on the finetune over its L0 on the base. norm ratio: ‖a_ft‖ / ‖a_base‖; "
+            "when norm matching (Kissane et al.) changes the verdict the headline says so beside the primary verdict.",
             "not judged: too few positions were kept after masking to give a verdict; the reasons say which cause "
             "on which model.",
             "expected: the verdict a published source reports for the pair (✓ matches, ✗ differs); "
