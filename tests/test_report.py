@@ -1,120 +1,64 @@
-"""The report renders every record on disk: files, self-contained HTML, one row per pair, determinism.
+"""The report renders every record on disk: files, self-contained HTML, the headline first, determinism.
 
-Records are synthetic but built with the engine's own accumulators (metrics, features, loading's
-tokenizer comparison), so a key the engine renames breaks these tests rather than the committed report.
+Records are the committed form of real zoo results (`tests/data/results/`, written by
+`stable.committed_form` from the engine's PairResult JSON), so a field the results rename breaks these
+tests rather than the committed report. Variants (not judged, norm matching changes the verdict,
+hostile text) are derived with `dataclasses.replace`.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import re
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
-from saetransfer import metrics
-from saetransfer.features import feature_transfer
-from saetransfer.loading import Compatibility, compare_vocabs
 from saetransfer.paths import REPO_ROOT
+from saetransfer.registry import load_registry, registry_files
 from saetransfer.report import render_report, verdict_rules, verdict_table
 from saetransfer.report.fmt import md_code, num
-from saetransfer.results import PairResult
+from saetransfer.report.headline import HEADLINE_COLUMNS
+from saetransfer.report.records import write_record as commit_record
+from saetransfer.results import PairResult, TokenContext
 
+DATA = Path(__file__).parent / "data" / "results"
 CODE = "tiny-gpt2__code-tiny-res-relu-blocks.2.hook_resid_pre"
+MATH = "tiny-gpt2__math-tiny-res-relu-blocks.2.hook_resid_pre"
 RETOK = "tiny-gpt2__retok-tiny-res-relu-blocks.2.hook_resid_pre"
 GEMMA = "gemma-2b__python-codes-gemma-2b-res-jb-blocks.6.hook_resid_post"
 HOSTILE = "<script>alert(1)</script> | `tick` $x$ *a* [l](u)\n&amp;"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PAIR_PLOTS = {"activation_similarity.png", "per_position.png", "density_histograms.png", "feature_correlations.png"}
 
 
-def _provenance(test_id: str, pair_id: str) -> dict:
-    return {"pair_id": pair_id, "test_id": test_id, "hook": "blocks.2.hook_resid_pre", "sae": "tiny-res-relu",
-            "sae_architecture": "standard", "d_sae": 64, "base": str(REPO_ROOT / "fixtures/zoo/models/base"),
-            "finetune": "zoo/models/code",
-            "dataset": "zoo/data/prose-eval.parquet", "token_sha256": "ab" * 32, "n_tokens": 2048, "n_rows": 16,
-            "context_size": 128, "prepend_bos": True, "seed": 0, "device": "cpu", "dtype": "float32",
-            "versions": {"python": "3.11", "torch": "2.x"}, "metric_version": 1}
+def zoo_result(name: str) -> PairResult:
+    return PairResult.from_json((DATA / f"tiny-gpt2__{name}.json").read_text())
 
 
-def _sae_side(x: torch.Tensor, x_hat: torch.Tensor, feats: torch.Tensor, gen: torch.Generator) -> dict:
-    """One SAE's metrics as `_ModelSide.sae_result` builds them."""
-    recon = metrics.ReconstructionAccumulator(x.shape[1], feats.shape[1])
-    recon.update(x, x_hat, feats)
-    down = metrics.DownstreamAccumulator()
-    clean = torch.randn(x.shape[0], 32, generator=gen)
-    down.update(metrics.CleanDistribution.from_logits(clean, torch.zeros(32), 32),
-                clean + 0.3 * torch.randn(clean.shape, generator=gen), torch.randint(0, 32, (x.shape[0],), generator=gen),
-                32)
-    out = {**recon.result(), **down.result(), "flags": []}
-    out["log10_density_histogram"] = metrics.density_histogram(recon.densities()).to_dict()
-    return out
+def hostile(result: PairResult) -> PairResult:
+    """Decoded text that would break Markdown or HTML if it were not escaped."""
+    assert result.worst_tokens is not None
+    item = TokenContext(score=0.12, row=3, position=7, token=HOSTILE, context=" def f(x):\n\treturn", next="|")
+    return dataclasses.replace(result, worst_tokens=dataclasses.replace(
+        result.worst_tokens, highest_kl=(item, dataclasses.replace(item, token="nan", score=-0.3))))
 
 
-def comparable_result(test_id: str = CODE, pair_id: str = "tiny-gpt2__code") -> PairResult:
-    gen = torch.Generator().manual_seed(0)
-    d, d_sae, rows, ctx = 16, 64, 16, 128
-    acts_b = 3 * torch.randn(rows, ctx, d, generator=gen)
-    acts_f = acts_b + 1.5 * torch.randn(rows, ctx, d, generator=gen)
-    kept = torch.ones(rows, ctx, dtype=torch.bool)
-    kept[:, 0] = False
-    similarity = metrics.SimilarityAccumulator(ctx)
-    similarity.update(acts_b, acts_f, kept)
-    # a ReLU SAE whose thresholds spread densities from dense to dead, so every bucket is populated
-    W_enc = torch.randn(d, d_sae, generator=gen) / d**0.5
-    b_enc = -torch.linspace(0.0, 12.0, d_sae)
-    W_dec = torch.randn(d_sae, d, generator=gen) / d**0.5
-    x_b, x_f = acts_b[kept], acts_f[kept]
-    f_b, f_f = torch.relu(x_b @ W_enc + b_enc), torch.relu(x_f @ W_enc + b_enc * 0.9)
-    latents = metrics.LatentPairAccumulator(d_sae)
-    latents.update(f_b, f_f)
-    dens_b, dens_f = (f_b > 0).double().mean(0), (f_f > 0).double().mean(0)
-    W_U = torch.randn(d, 32, generator=gen)
-    native = _sae_side(x_f, x_f + 0.1 * torch.randn(x_f.shape, generator=gen), f_f, gen)
-    native["kl_div_score"] = math.nan  # an undefined ratio must read "n/a"
-    native["flags"] = ["kl_div_score undefined (ablation baseline equals clean)"]
-    item = {"score": 0.12, "row": 3, "position": 7, "token": HOSTILE, "context": " def f(x):\n\treturn", "next": "|"}
-    return PairResult(
-        provenance=_provenance(test_id, pair_id),
-        tokenizer=compare_vocabs({"a": 0, "b": 1}, {"a": 0, "b": 1}).to_dict(),
-        compatibility=Compatibility(True, "every sample id means the same", 2, 0, ()).to_dict(),
-        verdict={"verdict": "fails", "reasons": ["KL score drops 0.2 > 0.10 | bad", "L0 ratio 3.1 <weak>"],
-                 "grades": {"kl_div_score": "bad", "l0": "weak"}},
-        masking={"n_positions": rows * ctx, "n_special": rows, "n_outlier_base": 0, "n_outlier_finetune": 1,
-                 "n_outlier_union": 1, "n_kept": rows * ctx - rows - 1, "threshold": 20.0,
-                 "threshold_kind": "relative (2.0 x base mean norm)", "base_mean_norm": 10.0,
-                 "outlier_fraction": 1 / (rows * ctx)},
-        similarity=similarity.result().to_dict(),
-        sae={"base": _sae_side(x_b, x_b + 0.3 * torch.randn(x_b.shape, generator=gen), f_b, gen),
-             "finetune": _sae_side(x_f, x_f + 0.9 * torch.randn(x_f.shape, generator=gen), f_f, gen),
-             "native_on_finetune": native},
-        density={"log10_density_correlation": metrics.log_density_correlation(dens_b, dens_f),
-                 "base": metrics.log10_density(dens_b).tolist(), "finetune": metrics.log10_density(dens_f).tolist()},
-        features=feature_transfer(dens_b, dens_f, latents, W_dec, W_U, W_U + 0.1, seed=0),
-        worst_tokens={"lowest_cosine": [item, {**item, "token": "nan", "score": -0.3}], "highest_kl": [item],
-                      "worst_reconstruction": [item], "outliers": []},
-    )
-
-
-def incompatible_result() -> PairResult:
-    """What `evaluate_pair` returns when the tokenizers differ: nothing past the tokenizer check."""
-    return PairResult(
-        provenance=_provenance(RETOK, "tiny-gpt2__retok"),
-        tokenizer=compare_vocabs({"a": 0, "b": 1, "c": 2}, {"a": 1, "b": 0, "z": 2}).to_dict(),
-        compatibility=Compatibility(False, "2 of 3 sample ids differ", 3, 2, ((0, "a", "b"),)).to_dict(),
-        verdict={"verdict": "not comparable", "reasons": ["tokenizers differ on the sample's ids"]})
-
-
-def write_record(records: Path, result: PairResult, expected: str | None, outcomes: dict | None = None) -> Path:
+def write_record(records: Path, result: PairResult, expected: str | None, outcomes: dict | None = None,
+                 claims: list | None = None) -> Path:
     """The on-disk format of `saetransfer.report.records.write_record` (+ merge_outcomes)."""
     data = json.loads(result.to_json())
     data["expected"] = {"verdict": expected, "source": "test", "extrapolated": False} if expected else None
     data["outcomes"] = outcomes or {}
-    path = records / f"{result.provenance['test_id']}.json"
+    if claims is not None:
+        data["claims"] = claims
+    path = records / f"{result.provenance.test_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=True))
     return path
@@ -128,28 +72,25 @@ def write_skip(records: Path, test_id: str, pair_id: str, reason: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def comparable() -> PairResult:
-    return comparable_result()
+def fill(records: Path) -> Path:
+    write_record(records, hostile(zoo_result("code")), "fails",
+                 {"finding_3_quality": {"outcome": "passed", "reason": ""}})
+    write_record(records, zoo_result("math"), "transfers")
+    write_record(records, zoo_result("retok"), "transfers")
+    write_skip(records, GEMMA, "gemma-2b__python-codes", "needs --gpu (a CUDA machine)")
+    return records
 
 
 @pytest.fixture()
-def records(tmp_path: Path, comparable: PairResult) -> Path:
-    folder = tmp_path / "records"
-    write_record(folder, comparable, "fails", {"finding_3_quality": {"outcome": "passed", "reason": ""}})
-    write_record(folder, incompatible_result(), "transfers")
-    write_skip(folder, GEMMA, "gemma-2b__python-codes", "needs --gpu (a CUDA machine)")
-    return folder
+def records(tmp_path: Path) -> Path:
+    return fill(tmp_path / "records")
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory, comparable: PairResult) -> tuple[Path, object]:
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     """One render shared by the read-only tests (plots dominate the run time)."""
     root = tmp_path_factory.mktemp("report")
-    write_record(root / "records", comparable, "fails", {"finding_3_quality": {"outcome": "passed", "reason": ""}})
-    write_record(root / "records", incompatible_result(), "transfers")
-    write_skip(root / "records", GEMMA, "gemma-2b__python-codes", "needs --gpu (a CUDA machine)")
-    return root, render_report(root / "records", root / "out")
+    return root, render_report(fill(root / "records"), root / "out")
 
 
 def png_chunks(data: bytes) -> list[str]:
@@ -170,17 +111,56 @@ def all_files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+class _Headline(HTMLParser):
+    """The headline table's header and rows as (text, classes of spans, hrefs) per cell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside, self.headers, self.rows, self.cell = False, [], [], None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        attrs = dict(attrs)
+        if tag == "table" and attrs.get("class") == "headline":
+            self.inside = True
+        elif self.inside and tag == "tr":
+            self.rows.append([])
+        elif self.inside and tag in ("td", "th"):
+            self.cell = {"text": "", "classes": [], "hrefs": [], "header": tag == "th"}
+        elif self.inside and self.cell is not None and tag == "span":
+            self.cell["classes"].append(attrs.get("class"))
+        elif self.inside and self.cell is not None and tag == "a":
+            self.cell["hrefs"].append(attrs.get("href"))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self.inside = False
+        elif self.inside and tag in ("td", "th") and self.cell is not None:
+            self.rows[-1].append(self.cell)
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell["text"] += data
+
+
+def headline(html: str) -> tuple[list[str], list[list[dict]]]:
+    parser = _Headline()
+    parser.feed(html)
+    header, *rows = parser.rows
+    return [c["text"] for c in header], rows
+
+
 def test_files_exist_and_plots_are_pngs(rendered) -> None:
     root, files = rendered
     for path in (files.readme, files.html, files.csv):
         assert path.is_file() and path.stat().st_size > 0
-    names = {p.name for p in files.plots}
-    assert names == {"activation_similarity.png", "per_position.png", "density_histograms.png",
-                     "density_scatter.png", "feature_correlations.png"}
+    per_pair = [p for p in files.plots if p.parent.name != "plots"]
+    assert {p.name for p in per_pair} == PAIR_PLOTS
+    assert {p.parent.name for p in per_pair} == {CODE.lower(), MATH.lower()}, "only comparable pairs have plots"
+    assert files.html.parent / "plots" / "cross_pair.png" in files.plots
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in files.plots)
     # no text or time chunks: nothing (a date, a version) that changes while the figure does not
     assert {c for p in files.plots for c in png_chunks(p.read_bytes())} <= {"IHDR", "pHYs", "IDAT", "IEND"}
-    assert {p.parent.name for p in files.plots} == {CODE.lower()}, "only the comparable pair has plots"
 
 
 def test_html_is_self_contained(rendered) -> None:
@@ -189,26 +169,51 @@ def test_html_is_self_contained(rendered) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), "nothing may be fetched"
     assert "<script" not in html and "<link" not in html
     sources = re.findall(r'<img [^>]*src="([^"]*)"', html)
-    assert len(sources) == len(files.plots)
-    for src in sources:
-        assert src.startswith("data:image/png;base64,")
-        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
+    assert len(sources) == len(files.plots), "every plot embedded once"
+    embedded = {base64.b64decode(src.split(",", 1)[1]) for src in sources if src.startswith("data:image/png;base64,")}
+    assert len(embedded) == len(sources) and embedded == {p.read_bytes() for p in files.plots}
+
+
+def test_headline_table_leads_with_the_answer(rendered) -> None:
+    """Browser-free structure: bounded columns, the coloured verdict beside the pair, not-run rows last."""
+    _, files = rendered
+    html = files.html.read_text(encoding="utf-8")
+    headers, rows = headline(html)
+    assert len(headers) == HEADLINE_COLUMNS <= 10 and headers[:3] == ["pair", "verdict", "why"]
+    assert all(len(r) == len(headers) for r in rows) and len(rows) == 4
+    assert all(r[0]["hrefs"] and r[0]["hrefs"][0].startswith("#pair-") for r in rows), "pair name first, linked"
+    assert [r[1]["classes"][0] for r in rows] == ["v-fails", "v-transfers", "v-not-comparable", "v-not-run"]
+    assert [r[1]["text"] for r in rows][-1] == "not run" and "gemma-2b" in rows[-1][0]["text"]
+    code = rows[0]
+    assert re.fullmatch(r"0\.50\d\d ± 0\.0\d+", code[headers.index("EV ratio")]["text"]), code
+    assert html.index('class="headline"') < html.index('alt="activation cosine against') < html.index(
+        'id="how-to-read"'), "the cross-pair figure sits under the table"
 
 
 def test_markdown_table_has_a_row_per_pair(rendered) -> None:
     _, files = rendered
     rows = summary_rows(files.readme.read_text(encoding="utf-8"))
-    assert len(rows) == 3
+    assert len(rows) == 4 and "gemma-2b__python-codes" in rows[-1]
     by_id = {pair: next(r for r in rows if f"`{pair}`" in r)
              for pair in ("gemma-2b__python-codes", "tiny-gpt2__code", "tiny-gpt2__retok")}
-    assert "not run" in by_id["gemma-2b__python-codes"] and "needs \\-\\-gpu" not in by_id["gemma-2b__python-codes"]
-    assert "needs --gpu" in by_id["gemma-2b__python-codes"]
-    assert "incompatible" in by_id["tiny-gpt2__retok"] and "not comparable" in by_id["tiny-gpt2__retok"]
-    assert "transfers ✗" in by_id["tiny-gpt2__retok"] and "fails ✓" in by_id["tiny-gpt2__code"]
-    assert " ± " in by_id["tiny-gpt2__code"] and " → " in by_id["tiny-gpt2__code"]
-    # every row has exactly the header's cell count: escaped pipes in reasons do not split cells
-    cells = [len(re.split(r"(?<!\\)\|", r)) for r in rows]
-    assert len(set(cells)) == 1
+    assert "**not run**" in by_id["gemma-2b__python-codes"] and "needs --gpu" in by_id["gemma-2b__python-codes"]
+    assert "**not comparable**" in by_id["tiny-gpt2__retok"] and "transfers ✗" in by_id["tiny-gpt2__retok"]
+    assert "**fails**" in by_id["tiny-gpt2__code"] and "fails ✓" in by_id["tiny-gpt2__code"]
+    assert " ± " in by_id["tiny-gpt2__code"]
+    cells = [len(re.split(r"(?<!\\)\|", r)) for r in rows]  # escaped pipes in reasons do not split cells
+    assert set(cells) == {HEADLINE_COLUMNS + 2}
+
+
+def test_pair_section_shows_intervals_masking_and_chance(rendered) -> None:
+    _, files = rendered
+    section = files.readme.read_text(encoding="utf-8").split("### tiny-gpt2__code", 1)[1].split("\n### ", 1)[0]
+    result = zoo_result("code")
+    ev = result.comparisons.ev_ratio
+    assert f"| `ev_ratio` | explained variance finetune / base | {num(ev.value)} \\[{num(ev.low)}, {num(ev.high)}\\] |" \
+        in section, "full intervals, as is and after norm matching"
+    assert "| `n_nonfinite_logits` | 0 | 0 |" in section, "masking per model and cause"
+    assert "17.2 %; chance (randomly paired latents) 0.405 %; split halves 16.1 / 17.1 %" in section
+    assert "base SAE on norm-matched finetune" in section and "c = " in section
 
 
 def test_markdown_links_resolve(rendered) -> None:
@@ -219,8 +224,7 @@ def test_markdown_links_resolve(rendered) -> None:
     assert all((files.readme.parent / i).is_file() for i in images)
     anchors = set(re.findall(r'<a id="([^"]+)"></a>', readme))
     assert set(re.findall(r"\]\(#([^)]+)\)", readme)) <= anchors
-    assert str(root) not in readme, "no absolute path: the committed report must not depend on the machine"
-    assert str(REPO_ROOT) not in readme and "| `base` | fixtures/zoo/models/base |" in readme
+    assert str(root) not in readme and str(REPO_ROOT) not in readme, "the report must not depend on the machine"
 
 
 def test_hostile_text_is_escaped(rendered) -> None:
@@ -228,30 +232,62 @@ def test_hostile_text_is_escaped(rendered) -> None:
     html = files.html.read_text(encoding="utf-8")
     assert "<script>" not in html and "&lt;script&gt;" in html
     readme = files.readme.read_text(encoding="utf-8")
-    # outside code spans Markdown would render raw HTML: there it must be escaped
-    assert "<weak>" not in readme and "\\<weak\\>" in readme
     assert "``<script>alert(1)</script> \\| `tick` $x$ *a* [l](u)␊&amp;``" in readme, "one code span, pipe escaped"
     assert "def f(x):␊␉return" in readme, "control characters are shown, not allowed to break the row"
     assert md_code("a|b") == "`a\\|b`" and md_code("`x`") == "`` `x` ``" and md_code(" a ") == "`  a  `"
 
 
-def test_nan_reads_as_undefined(rendered) -> None:
-    _, files = rendered
-    readme = files.readme.read_text(encoding="utf-8")
-    pairs = readme.split("\n## Pairs", 1)[1]
-    kl_row = next(line for line in pairs.splitlines() if line.startswith("| KL score |"))
-    assert kl_row.rstrip(" |").endswith("| n/a"), "the native SAE's undefined KL score"
+def test_nan_reads_as_undefined(tmp_path: Path) -> None:
+    result = zoo_result("math")
+    sae = dataclasses.replace(result.sae, finetune=dataclasses.replace(result.sae.finetune, kl_div_score=math.nan))
+    write_record(tmp_path / "records", dataclasses.replace(result, sae=sae), None)
+    readme = render_report(tmp_path / "records", tmp_path / "out").readme.read_text(encoding="utf-8")
+    kl_row = next(line for line in readme.splitlines() if line.startswith("| `kl_div_score` |"))
+    assert kl_row.split(" | ")[2] == "n/a", "the finetune's undefined KL score"
     assert num(math.nan) == "n/a" and num(0.99996) == "1.000" and num(-0.0) == "0" and num(None) == "—"
-    assert not re.search(r"\bnan\b", summary_rows(readme)[0] + summary_rows(readme)[1])
 
 
 def test_csv_has_one_row_per_pair(rendered) -> None:
     _, files = rendered
     frame = pd.read_csv(files.csv)
-    assert sorted(frame["test_id"]) == sorted([CODE, RETOK, GEMMA])
+    assert list(frame["test_id"]) == [CODE, MATH, RETOK, GEMMA], "evaluated pairs first"
     row = frame.set_index("test_id").loc[CODE]
-    assert row["verdict"] == "fails" and bool(row["matches_expected"]) and 0 < row["cosine_mean"] < 1
+    assert row["verdict"] == "fails" and bool(row["matches_expected"]) and 0 < row["cosine"] < 1
+    assert row["ev_ratio_low"] <= row["ev_ratio"] <= row["ev_ratio_high"]
     assert frame.set_index("test_id").loc[GEMMA, "status"] == "not run"
+
+
+def test_not_judged_and_norm_matching_are_shown(tmp_path: Path) -> None:
+    code, math_ = zoo_result("code"), zoo_result("math")
+    masking = dataclasses.replace(code.masking, judged=False, reasons=("12 % kept on the finetune (outliers)",))
+    not_judged = dataclasses.replace(code, masking=masking, norm_matching=None, verdict=dataclasses.replace(
+        code.verdict, verdict="not judged", reasons=("not judged: too few positions kept",)))
+    matched = dataclasses.replace(code.norm_matching, verdict=math_.verdict)
+    rescued = dataclasses.replace(math_, norm_matching=matched, verdict=code.verdict)
+    write_record(tmp_path / "records", not_judged, None)
+    write_record(tmp_path / "records", rescued, None)
+    files = render_report(tmp_path / "records", tmp_path / "out")
+    _, rows = headline(files.html.read_text(encoding="utf-8"))
+    by_pair = {r[0]["text"]: r for r in rows}
+    assert by_pair["tiny-gpt2__code"][1]["classes"] == ["v-not-judged"]
+    assert "12 % kept on the finetune" in by_pair["tiny-gpt2__code"][2]["text"]
+    assert by_pair["tiny-gpt2__math"][1]["text"] == "fails as is; transfers after norm matching"
+    assert by_pair["tiny-gpt2__math"][1]["classes"] == ["v-fails", "v-transfers"]
+    frame = pd.read_csv(files.csv).set_index("pair_id")
+    assert frame.loc["tiny-gpt2__code", "verdict"] == "not judged"
+    assert frame.loc["tiny-gpt2__math", "norm_matched_verdict"] == "transfers"
+
+
+def test_claims_section_only_when_records_have_claims(tmp_path: Path, records: Path) -> None:
+    (records / f"{CODE}.json").unlink()  # keeps the test fast (fewer plots)
+    readme = render_report(records, tmp_path / "out").readme.read_text(encoding="utf-8")
+    assert "## Claims" not in readme
+    claims = [{"claim": "BOS cosine is at least the mean", "section": "§3", "holds": True, "message": "0.99 >= 0.98"},
+              {"claim": "similarity orders pairs as transfer does", "section": "§3", "holds": None, "message": ""}]
+    write_record(records, zoo_result("math"), "transfers", claims=claims)
+    readme = render_report(records, tmp_path / "out").readme.read_text(encoding="utf-8")
+    assert readme.index("## Which pairs transfer") < readme.index("## Claims") < readme.index("## How to read")
+    assert "| BOS cosine is at least the mean | §3 | tiny-gpt2__math | — | — |" in readme
 
 
 def test_rendering_is_byte_identical(tmp_path: Path, rendered, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -269,6 +305,45 @@ def test_rendering_is_byte_identical(tmp_path: Path, rendered, monkeypatch: pyte
     assert all_files(tmp_path / "again") == before, "re-rendering unchanged records must not churn"
 
 
+def _at_rounding_boundary(value: object, side: float) -> object:
+    """Every float moved next to its 4-digit rounding boundary, on `side` (-1 below, +1 above)."""
+    if isinstance(value, dict):
+        return {k: _at_rounding_boundary(v, side) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_at_rounding_boundary(v, side) for v in value]
+    if isinstance(value, float) and math.isfinite(value) and value != 0:
+        step = 10 ** (math.floor(math.log10(abs(value))) - 3)
+        return value + (0.5 + side * 1e-4) * step
+    return value
+
+
+def test_committed_evidence_survives_float_noise_and_a_flipped_count(tmp_path: Path) -> None:
+    """Issue 9.5: another CPU's last digits and a latent flipping at the ReLU threshold change no committed byte."""
+    pair = next(p for p in load_registry(registry_files(())) if p.id == "tiny-gpt2__code")
+    data = zoo_result("code").to_dict()
+    below, above = _at_rounding_boundary(data, -1), _at_rounding_boundary(data, +1)
+    hist = above["similarity"]["cosine_histogram"]["counts"]
+    i = max(range(len(hist)), key=hist.__getitem__)
+    hist[i], hist[i - 1] = hist[i] - 1, hist[i - 1] + 1  # one position's cosine moves to the next bin
+    above["sae"]["finetune"]["log10_density_histogram"]["counts"][-1] += 1
+    for variant, flipped in ((below, -3.0), (above, -2.96)):  # a rare latent's firing count flips
+        variant["density"]["base"] = variant["density"]["finetune"] = [-1.5, flipped, -10.0]
+        variant["features"]["buckets"]["regular"]["latent_ids"] = [4, 9, 12 if flipped == -3.0 else 13]
+    outputs = []
+    for name, variant in (("first", below), ("second", above)):
+        records = tmp_path / "records"
+        commit_record(records, pair, PairResult.from_dict(variant))
+        files = render_report(records, tmp_path / name)
+        outputs.append((all_files(records), all_files(tmp_path / name)))
+        assert files.warnings == ()
+    assert outputs[0][0] == outputs[1][0], "the record is rewritten only when a number moves beyond its tolerance"
+    assert outputs[0][1] == outputs[1][1], "report, CSV and plots are unchanged"
+    moved = _at_rounding_boundary(data, +1)
+    moved["sae"]["finetune"]["explained_variance"] *= 0.9  # a real change does reach the record
+    commit_record(tmp_path / "records", pair, PairResult.from_dict(moved))
+    assert all_files(tmp_path / "records") != outputs[0][0]
+
+
 def test_partial_run_keeps_other_rows(tmp_path: Path, rendered) -> None:
     root, _ = rendered
     records, out = tmp_path / "records", tmp_path / "out"
@@ -277,40 +352,29 @@ def test_partial_run_keeps_other_rows(tmp_path: Path, rendered) -> None:
     (records / f"{CODE}.json").unlink()  # as if only the other pairs were on disk
     files = render_report(records, out)
     rows = summary_rows(files.readme.read_text(encoding="utf-8"))
-    assert len(rows) == 2 and any("tiny-gpt2__retok" in r for r in rows) and any("gemma-2b" in r for r in rows)
-    assert not any((out / "plots").rglob("*")), "the removed pair's plots are deleted"
-    write_record(records, comparable_result(), "fails")  # a later `-k code` run writes it back
+    assert len(rows) == 3 and not any("tiny-gpt2__code" in r for r in rows)
+    assert not (out / "plots" / CODE.lower()).exists(), "the removed pair's plots are deleted"
+    write_record(records, zoo_result("code"), "fails")  # a later `-k code` run writes it back
     files = render_report(records, out)
-    assert len(summary_rows(files.readme.read_text(encoding="utf-8"))) == 3 and len(files.plots) == 5
+    assert len(summary_rows(files.readme.read_text(encoding="utf-8"))) == 4 and len(files.plots) == 9
 
 
 def test_unreadable_record_is_a_warning(tmp_path: Path, records: Path) -> None:
-    (records / f"{CODE}.json").unlink()  # not needed here; keeps the test fast (no plots)
+    (records / f"{CODE}.json").unlink()  # not needed here; keeps the test fast (fewer plots)
     (records / "broken.json").write_text("{not json")
     (records / "skipped" / "odd.json").write_text("[1, 2]")
+    data = json.loads((records / f"{MATH}.json").read_text())
+    (records / "old-format.json").write_text(json.dumps({**data, "sae": {"base": {"l0": 3.0}}}))
     files = render_report(records, tmp_path / "out")
     readme = files.readme.read_text(encoding="utf-8")
     assert "## Warnings" in readme and "broken.json" in readme and "odd.json" in readme
-    assert len(files.warnings) == 2 and len(summary_rows(readme)) == 2
-
-
-def test_malformed_values_degrade_gracefully(tmp_path: Path, records: Path, comparable: PairResult) -> None:
-    """A value of the wrong type costs its plots or its record (with a warning), never the report."""
-    data = json.loads(comparable.to_json())
-    data["similarity"]["per_position_cosine"] = ["not a number"]
-    data["worst_tokens"]["highest_kl"] = "not a list"
-    (records / f"{CODE}.json").write_text(json.dumps(data))
-    (records / "odd.json").write_text(json.dumps({**data, "similarity": "oops"}))
-    files = render_report(records, tmp_path / "out")
-    assert [w.split(":")[0] for w in files.warnings] == ["ignored records/odd.json", f"no plots for {CODE}"]
-    readme = files.readme.read_text(encoding="utf-8")
-    assert len(summary_rows(readme)) == 3 and "#### Where transfer breaks" in readme
-    assert "| `grades` | kl_div_score: bad; l0: weak |" in readme, "extra verdict keys are shown too"
+    assert any("old-format.json" in w and "PairResult.sae.base" in w for w in files.warnings), files.warnings
+    assert len(files.warnings) == 3 and len(summary_rows(readme)) == 3
 
 
 def test_record_beats_a_later_skip(tmp_path: Path, records: Path) -> None:
     """A GPU run's record stays when a CPU run skips the pair; the skip reason is shown beside it."""
-    (records / f"{CODE}.json").unlink()  # not needed here; keeps the test fast (no plots)
+    (records / f"{CODE}.json").unlink()  # not needed here; keeps the test fast (fewer plots)
     write_skip(records, RETOK, "tiny-gpt2__retok", "offline: not in HF cache")
     readme = render_report(records, tmp_path / "out").readme.read_text(encoding="utf-8")
     row = next(r for r in summary_rows(readme) if "`tiny-gpt2__retok`" in r)
@@ -318,20 +382,17 @@ def test_record_beats_a_later_skip(tmp_path: Path, records: Path) -> None:
 
 
 def test_verdict_table(records: Path) -> None:
-    text = verdict_table(records)
-    lines = text.splitlines()
+    lines = verdict_table(records).splitlines()
     assert lines[0].split() == ["test", "id", "verdict", "expected", "match"]
-    assert len(lines) == 4
+    assert len(lines) == 5 and GEMMA in lines[-1] and "not run" in lines[-1]
     assert any(CODE in line and line.split()[-1] == "ok" for line in lines)
     assert any(RETOK in line and line.split()[-1] == "MISMATCH" for line in lines)
-    assert any(GEMMA in line and "not run" in line for line in lines)
 
 
 def test_verdict_rules_are_documented() -> None:
-    assert verdict_rules().strip()
+    assert "| rule | metric |" in verdict_rules()
 
 
 def test_empty_records_dir(tmp_path: Path) -> None:
     files = render_report(tmp_path / "missing", tmp_path / "out")
     assert summary_rows(files.readme.read_text(encoding="utf-8")) == [] and files.plots == ()
-    shutil.rmtree(tmp_path / "out")

@@ -4,9 +4,12 @@
     files = render_report(paths.RECORDS, paths.REPORTS)   # README.md, report.html, summary.csv, plots/
     print(verdict_table(paths.RECORDS))                    # for pytest's terminal summary
 
-Modules: `records` (reading records and skip notes), `summary` (one row of numbers per pair),
-`sections` (the content), `plots` (matplotlib figures), `doc` (Markdown/HTML rendering), `fmt`
-(stable number formatting and escaping), `render` (writing the files).
+Modules: `records` (reading and writing records and skip notes), `stable` (what a record commits, so
+runs elsewhere do not churn it), `summary` (one row of numbers per pair: the CSV), `headline` (the
+table that answers, the claims hook), `pair_section` (one section per pair), `tables` (dataclass
+fields as tables), `sections` (the whole document), `plots` and `cross_pair` (matplotlib figures),
+`doc` (Markdown/HTML rendering), `fmt` (stable number formatting, escaping, verdict colours),
+`render` (writing the files).
 """
 
 from saetransfer.report.records import Entry, load_entries

@@ -11,7 +11,7 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from saetransfer.report.fmt import html_text, md_code, md_text
+from saetransfer.report.fmt import VERDICT_COLOURS, html_text, md_code, md_text, verdict_class
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,8 @@ class Span:
     text: str
     href: str | None = None
     code: bool = False
+    css: str | None = None
+    """HTML class (a verdict's colour); Markdown shows the text in bold instead."""
 
 
 Inline = str | Span | tuple[str | Span, ...]
@@ -47,6 +49,8 @@ class Bullets:
 class Table:
     headers: tuple[str, ...]
     rows: tuple[tuple[Inline, ...], ...]
+    css: str | None = None
+    """HTML class of the table (the headline table has its own column widths)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ def md_inline(content: Inline) -> str:
     for part in _parts(content):
         if isinstance(part, str):
             out.append(md_text(part))
+        elif part.css is not None:
+            out.append(f"**{md_text(part.text)}**")
         elif part.code:
             out.append(md_code(part.text) if part.href is None else f"[{md_code(part.text)}]({part.href})")
         else:
@@ -90,6 +96,8 @@ def html_inline(content: Inline) -> str:
             out.append(html_text(part))
             continue
         text = f"<code>{html_text(part.text)}</code>" if part.code else html_text(part.text)
+        if part.css is not None:
+            text = f'<span class="{html_text(part.css)}">{text}</span>'
         out.append(text if part.href is None else f'<a href="{html_text(part.href)}">{text}</a>')
     return "".join(out)
 
@@ -103,7 +111,7 @@ def _md_block(block: Block) -> str:
             return md_inline(content)
         case Bullets(items):
             return "\n".join(f"- {md_inline(item)}" for item in items)
-        case Table(headers, rows):
+        case Table(headers, rows, _):
             lines = ["| " + " | ".join(md_text(h) for h in headers) + " |", "|" + "---|" * len(headers)]
             lines += ["| " + " | ".join(md_inline(c) for c in row) + " |" for row in rows]
             return "\n".join(lines)
@@ -127,10 +135,11 @@ def _html_block(block: Block) -> str:
             return f"<p>{html_inline(content)}</p>"
         case Bullets(items):
             return "<ul>\n" + "\n".join(f"<li>{html_inline(i)}</li>" for i in items) + "\n</ul>"
-        case Table(headers, rows):
+        case Table(headers, rows, css):
             head = "".join(f"<th>{html_text(h)}</th>" for h in headers)
             body = "\n".join("<tr>" + "".join(f"<td>{html_inline(c)}</td>" for c in row) + "</tr>" for row in rows)
-            return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+            cls = f' class="{html_text(css)}"' if css else ""
+            return f"<table{cls}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
         case Image(_, alt, png):
             data = base64.b64encode(png).decode("ascii")
             return f'<img alt="{html_text(alt)}" src="data:image/png;base64,{data}">'
@@ -140,10 +149,18 @@ def _html_block(block: Block) -> str:
 
 
 _STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1200px; margin: 2em auto;
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1280px; margin: 2em auto;
        padding: 0 1em; color: #1f2328; line-height: 1.45; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
-th, td { border: 1px solid #d0d7de; padding: 0.25em 0.55em; text-align: left; vertical-align: top; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; max-width: 100%; }
+th, td { border: 1px solid #d0d7de; padding: 0.25em 0.55em; text-align: left; vertical-align: top;
+         overflow-wrap: anywhere; }
+table.headline { width: 100%; table-layout: fixed; font-size: 0.85em; }
+table.headline th, table.headline td { overflow-wrap: break-word; }
+table.headline th:nth-child(1) { width: 13%; } table.headline th:nth-child(2) { width: 10%; }
+table.headline th:nth-child(3) { width: 24%; } table.headline th:last-child { width: 10%; }
+table.headline td:nth-child(n+4) { font-variant-numeric: tabular-nums; }
+span[class^="v-"] { font-weight: 600; }
+""" + "".join(f"span.{verdict_class(v)} {{ color: {c}; }}\n" for v, c in VERDICT_COLOURS.items()) + """
 th { background: #f6f8fa; }
 code, pre { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; white-space: pre-wrap; }
 code { background: #f6f8fa; padding: 0 0.2em; }

@@ -11,6 +11,8 @@ import math
 import re
 from typing import Any
 
+from saetransfer.results import Estimate
+
 SIG = 4
 """Significant digits shown for metrics (snapshots round to the same)."""
 MISSING = "—"
@@ -22,13 +24,6 @@ _MD_SPECIAL = re.compile(r"([\\`*\[\]<>|~$&#])")
 _UNDERSCORES = re.compile(r"_+")
 # Control characters would break a table row or hide in the text: show them as Unicode control pictures.
 _CONTROL = {i: chr(0x2400 + i) for i in range(0x20)} | {0x7F: "\u2421"}
-
-
-def as_float(value: Any) -> float | None:
-    """A number as float; None for anything else (a missing key, a string, a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
 
 
 def num(value: Any, sig: int = SIG) -> str:
@@ -51,10 +46,9 @@ def num(value: Any, sig: int = SIG) -> str:
     return text[:-1] if text.endswith(".") else text
 
 
-def pct(value: Any) -> str:
-    """A percentage that is already x100 (the seed's good-token %), up to 6 digits: 99.9996, 0.00398."""
-    f = as_float(value)
-    return num(value) if f is None or not math.isfinite(f) else f"{f:.6g} %"
+def pct(value: float | None) -> str:
+    """A percentage that is already x100 (the good-token %), up to 6 digits: 99.9996, 0.00398."""
+    return num(value) if value is None or not math.isfinite(value) else f"{value:.6g} %"
 
 
 def arrow(a: Any, b: Any) -> str:
@@ -62,11 +56,21 @@ def arrow(a: Any, b: Any) -> str:
     return MISSING if a is None and b is None else f"{num(a)} → {num(b)}"
 
 
-def ratio(numerator: Any, denominator: Any) -> float | None:
-    a, b = as_float(numerator), as_float(denominator)
-    if a is None or b is None:
-        return None
-    return a / b if b != 0 else math.nan
+def plus_minus(e: Estimate | None) -> str:
+    """'0.9725 ± 0.0034' (value ± half the interval's width): the headline's compact form."""
+    if e is None:
+        return MISSING
+    return num(e.value) if not math.isfinite(e.half_width) else f"{num(e.value)} ± {num(e.half_width, 2)}"
+
+
+def interval(e: Estimate | None) -> str:
+    """'0.9725 [0.9692, 0.9759]': the pair sections' full form."""
+    return MISSING if e is None else f"{num(e.value)} [{num(e.low)}, {num(e.high)}]"
+
+
+def percent(share: float | None, sig: int = 3) -> str:
+    """A share in [0, 1] as '17.2 %'."""
+    return MISSING if share is None else f"{num(100 * share, sig)} %"
 
 
 def visible(text: Any) -> str:
@@ -105,3 +109,13 @@ def html_text(text: Any) -> str:
 def slug(text: str) -> str:
     """A file-name and anchor-safe form of a test id (registry ids are already close to this)."""
     return re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-.") or "record"
+
+
+VERDICT_COLOURS = {"transfers": "#1a7f37", "partial": "#9a6700", "fails": "#cf222e", "not judged": "#8250df",
+                   "unusable": "#953800", "not comparable": "#57606a", "not run": "#8c959f"}
+"""One colour per verdict (saetransfer.registry.VERDICTS, plus 'not run'): the HTML cells and the figure."""
+
+
+def verdict_class(verdict: str) -> str:
+    """CSS class of a verdict's colour: 'v-not-judged'."""
+    return "v-" + verdict.replace(" ", "-")

@@ -7,6 +7,7 @@ matplotlibrc cannot leak in) and no PNG metadata (matplotlib writes no date into
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from collections.abc import Callable
@@ -22,8 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from saetransfer.report import fmt
-from saetransfer.report.fmt import num
-from saetransfer.results import PairResult
+from saetransfer.report.fmt import num, percent
+from saetransfer.results import Histogram, PairResult, SaeMetrics
 
 DPI = 100
 WIDE = (10.0, 3.8)
@@ -34,7 +35,9 @@ SQUARE_MARGINS = {"left": 0.13, "right": 0.96, "bottom": 0.11, "top": 0.92}
 STYLE: dict[str, Any] = {"font.size": 9, "axes.grid": True, "grid.alpha": 0.3, "axes.titlesize": 10,
                          "legend.fontsize": 8, "savefig.dpi": DPI, "figure.dpi": DPI}
 SAE_LABELS = {"base": "base SAE on base", "finetune": "base SAE on finetune",
+              "norm_matched_finetune": "base SAE on norm-matched finetune",
               "native_on_finetune": "finetune SAE on finetune"}
+"""`SaeEvaluation` fields in display order, with their column labels."""
 
 
 @dataclass(frozen=True)
@@ -45,26 +48,26 @@ class Plot:
     png: bytes
 
 
-def _png(fig: Figure) -> bytes:
+def png_bytes(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
     return buffer.getvalue()
 
 
-def _figure(wide: bool) -> Figure:
+def figure(wide: bool) -> Figure:
     fig = Figure(figsize=WIDE if wide else SQUARE)
     fig.subplots_adjust(**(WIDE_MARGINS if wide else SQUARE_MARGINS))
     return fig
 
 
-def _zoom(ax: Axes, hists: list[Any], include: tuple[float, ...] = ()) -> None:
+def _zoom(ax: Axes, hists: list[Histogram], include: tuple[float, ...] = ()) -> None:
     """x range: the occupied bins (plus `include`), so a narrow distribution is not a sliver at one edge."""
     spans = []
     for hist in hists:
-        if _valid(hist) and any(hist["counts"]):
-            width = (hist["high"] - hist["low"]) / len(hist["counts"])
-            used = [i for i, c in enumerate(hist["counts"]) if c]
-            spans.append((hist["low"] + used[0] * width, hist["low"] + (used[-1] + 1) * width))
+        if any(hist.counts):
+            width = (hist.high - hist.low) / len(hist.counts)
+            used = [i for i, c in enumerate(hist.counts) if c]
+            spans.append((hist.low + used[0] * width, hist.low + (used[-1] + 1) * width))
     if spans:
         low = min([s[0] for s in spans] + list(include))
         high = max([s[1] for s in spans] + list(include))
@@ -72,42 +75,40 @@ def _zoom(ax: Axes, hists: list[Any], include: tuple[float, ...] = ()) -> None:
         ax.set_xlim(low - pad, high + pad)
 
 
-def _valid(hist: Any) -> bool:
-    return (isinstance(hist, dict) and isinstance(hist.get("counts"), list) and bool(hist["counts"])
-            and all(isinstance(hist.get(k), (int, float)) for k in ("low", "high")))
-
-
-def _hist(ax: Axes, hist: Any, label: str | None = None, fill: bool = True, ls: str = "-") -> bool:
-    """Draw a stored {"low", "high", "counts"} histogram; False when it is absent or malformed."""
-    if not _valid(hist):
+def _hist(ax: Axes, hist: Histogram, label: str | None = None, fill: bool = True, ls: str = "-") -> bool:
+    """Draw a stored histogram; False when it has no counts."""
+    if not hist.counts:
         return False
-    counts = np.asarray(hist["counts"], dtype=float)
-    edges = np.linspace(float(hist["low"]), float(hist["high"]), counts.size + 1)
+    counts = np.asarray(hist.counts, dtype=float)
+    edges = np.linspace(hist.low, hist.high, counts.size + 1)
     ax.stairs(counts, edges, fill=fill, alpha=0.45 if fill else 1.0, label=label, linestyle=ls)
     return True
 
 
 def _similarity(r: PairResult) -> Figure | None:
-    s = r.similarity or {}
-    fig = _figure(wide=True)
+    s = r.similarity
+    if s is None or not (s.cosine_histogram.counts and s.relative_distance_histogram.counts):
+        return None
+    fig = figure(wide=True)
     left, right = fig.subplots(1, 2)
-    ok = _hist(left, s.get("cosine_histogram")) & _hist(right, s.get("relative_distance_histogram"))
-    _zoom(left, [s.get("cosine_histogram")], (1.0,))
-    _zoom(right, [s.get("relative_distance_histogram")], (0.0,))
-    left.set(title=f"cosine(base, finetune) per token, mean {num(s.get('cosine_mean'))}",
+    _hist(left, s.cosine_histogram)
+    _hist(right, s.relative_distance_histogram)
+    _zoom(left, [s.cosine_histogram], (1.0,))
+    _zoom(right, [s.relative_distance_histogram], (0.0,))
+    left.set(title=f"cosine(base, finetune) per token, mean {num(s.cosine_mean)}",
              xlabel="cosine similarity", ylabel="tokens")
-    right.set(title=f"relative distance, mean {num(s.get('relative_distance_mean'))}",
+    right.set(title=f"relative distance, mean {num(s.relative_distance_mean)}",
               xlabel="‖a_ft − a_base‖ / ‖a_base‖ (clipped at 2)", ylabel="tokens")
-    return fig if ok else None
+    return fig
 
 
 def _per_position(r: PairResult) -> Figure | None:
-    s = r.similarity or {}
-    cos, dist = s.get("per_position_cosine"), s.get("per_position_distance")
-    if not isinstance(cos, list) or not isinstance(dist, list) or not cos:
+    s = r.similarity
+    if s is None or not s.per_position_cosine:
         return None
-    fig = _figure(wide=True)
+    fig = figure(wide=True)
     top, bottom = fig.subplots(1, 2)
+    cos, dist = s.per_position_cosine, s.per_position_distance
     top.plot(np.arange(len(cos)), np.asarray(cos, dtype=float), lw=1)
     top.set(title="mean cosine by position (all rows, BOS included)", xlabel="position", ylabel="cosine")
     bottom.plot(np.arange(len(dist)), np.asarray(dist, dtype=float), lw=1, color="C1")
@@ -115,54 +116,59 @@ def _per_position(r: PairResult) -> Figure | None:
     return fig
 
 
+def _sae_sides(r: PairResult) -> list[tuple[str, SaeMetrics]]:
+    if r.sae is None:
+        return []
+    sides = [(name, getattr(r.sae, name)) for name in SAE_LABELS]
+    return [(name, side) for name, side in sides if side is not None]
+
+
 def _density_histograms(r: PairResult) -> Figure | None:
-    fig = _figure(wide=False)
+    sides = [(n, s) for n, s in _sae_sides(r) if s.log10_density_histogram.counts]
+    if not sides:
+        return None
+    fig = figure(wide=False)
     ax = fig.subplots()
     # distinct line styles: identical histograms (the identity pair) must not hide one another
-    drawn = [_hist(ax, r.sae[k].get("log10_density_histogram"), SAE_LABELS[k], fill=False, ls=ls)
-             for k, ls in zip(SAE_LABELS, ("-", "--", ":")) if isinstance(r.sae.get(k), dict)]
-    if not any(drawn):
-        return None
+    for (name, side), ls in zip(sides, ("-", "--", ":", "-.")):
+        _hist(ax, side.log10_density_histogram, SAE_LABELS[name], fill=False, ls=ls)
     ax.set(title="latent density (dead latents at −10)", xlabel="log10(density + 1e-10)", ylabel="latents")
     ax.legend()
     return fig
 
 
 def _density_scatter(r: PairResult) -> Figure | None:
-    d = r.density or {}
-    base, ft = d.get("base"), d.get("finetune")
-    if not isinstance(base, list) or not isinstance(ft, list) or not base or len(base) != len(ft):
+    d = r.density
+    if d is None or not d.base or len(d.base) != len(d.finetune):  # committed records leave them out
         return None
-    fig = _figure(wide=False)
+    fig = figure(wide=False)
     ax = fig.subplots()
-    ax.scatter(np.asarray(base, dtype=float), np.asarray(ft, dtype=float), s=4, alpha=0.35, linewidths=0)
+    ax.scatter(np.asarray(d.base, dtype=float), np.asarray(d.finetune, dtype=float), s=4, alpha=0.35, linewidths=0)
     ax.plot([-10, 0], [-10, 0], color="grey", lw=0.8, ls="--")
     ax.add_patch(Rectangle((-5, -5), 4, 4, fill=False, ec="C2", lw=0.8, label="regular bucket"))
-    ax.set(title=f"log10 density, base vs finetune: r = {num(d.get('log10_density_correlation'))}",
+    ax.set(title=f"log10 density, base vs finetune: r = {num(d.log10_density_correlation)}",
            xlabel="base", ylabel="finetune", xlim=(-10.3, 0.3), ylim=(-10.3, 0.3))
     ax.legend(loc="upper left")
     return fig
 
 
 def _correlations(r: PairResult) -> Figure | None:
-    buckets = (r.features or {}).get("buckets")
-    if not isinstance(buckets, dict):
+    if r.features is None:
         return None
-    fig = _figure(wide=True)
+    buckets = r.features.buckets
+    act = buckets.regular.activation_correlation
+    logit = {f.name: getattr(buckets, f.name).logit_correlation for f in dataclasses.fields(buckets)}
+    if not act.histogram.counts and not any(v.histogram.counts for v in logit.values()):
+        return None
+    fig = figure(wide=True)
     left, right = fig.subplots(1, 2)
-    reg = buckets.get("regular") if isinstance(buckets.get("regular"), dict) else {}
-    act = reg.get("activation_correlation") or {}
-    _hist(left, act.get("histogram"))
-    _zoom(left, [act.get("histogram")], (0.8, 1.0))
+    _hist(left, act.histogram)
+    _zoom(left, [act.histogram], (0.8, 1.0))
     left.axvline(0.8, color="C3", lw=0.8, ls="--")
-    frac = act.get("fraction_at_least_0.8")
-    left.set(title=f"regular latents (n = {num(act.get('n'))}): activation r, "
-                   f"{num(100 * frac if isinstance(frac, float) else None, 3)} % ≥ 0.8",
+    left.set(title=f"regular latents (n = {num(act.n)}): activation r, {percent(act.fraction_transferred)} ≥ 0.8",
              xlabel="Pearson r (base vs finetune activations)", ylabel="latents")
-    logit = {name: b.get("logit_correlation") or {} for name, b in sorted(buckets.items()) if isinstance(b, dict)}
-    drawn = [_hist(right, v.get("histogram"), f"{name} (n = {num(v.get('n'))})", fill=False)
-             for name, v in logit.items()]
-    _zoom(right, [v.get("histogram") for v in logit.values()], (1.0,))
+    drawn = [_hist(right, v.histogram, f"{name} (n = {num(v.n)})", fill=False) for name, v in logit.items()]
+    _zoom(right, [v.histogram for v in logit.values()], (1.0,))
     right.set(title="logit similarity (shared W_dec: mostly the W_U change)",
               xlabel="r(W_dec·W_U base, W_dec·W_U finetune)", ylabel="latents")
     if any(drawn):
@@ -186,9 +192,8 @@ def pair_plots(result: PairResult) -> list[Plot]:
         for name, alt, draw in PLOTS:
             fig = draw(result)
             if fig is not None:
-                plots.append(Plot(name, alt, _png(fig)))
+                plots.append(Plot(name, alt, png_bytes(fig)))
     return plots
-
 
 
 def inputs_key(result: PairResult) -> str:

@@ -1,10 +1,11 @@
 """The records a pytest run leaves on disk: one evaluated pair per `*.json`, skips under `skipped/`.
 
 Written by the findings (`write_record`, `write_skip`, `merge_outcomes`); read by the renderer.
-`<dir>/<test_id>.json` holds the pair's PairResult plus `expected`, `outcomes` (finding name ->
-outcome and reason) and `claims` (one {"claim", "section", "holds", "message"} per claim of
-`saetransfer.claims` decided on it, `merge_claims`); `<dir>/skipped/<test_id>.json` says why a pair could not run here. A skip never
-hides a real record from an earlier run (a GPU run's record stays when a CPU run skips the pair).
+`<dir>/<test_id>.json` holds the pair's PairResult (in the stable form of `stable.committed_form`) plus
+`expected`, `outcomes` (finding name -> outcome and reason) and `claims` (one {"claim", "section",
+"holds", "message"} per claim of `saetransfer.claims`, `merge_claims`). `<dir>/skipped/<test_id>.json`
+says why a pair could not run here. A skip never hides a real record from an earlier run (a GPU run's
+record stays when a CPU run skips the pair).
 
 The report is rendered from every record present, so a `-k` run adds or updates rows and never
 shrinks the report. A file that cannot be read becomes a warning line in the report, not a crash.
@@ -23,12 +24,12 @@ from saetransfer.claims import ClaimOutcome
 from saetransfer.files import write_atomic
 from saetransfer.paths import REPO_ROOT
 from saetransfer.registry import Pair
+from saetransfer.report.stable import committed_form
 from saetransfer.results import PairResult
 
 SKIPPED_DIR = "skipped"
-_RESULT_FIELDS = frozenset(f.name for f in dataclasses.fields(PairResult))
-_REQUIRED_DICTS = ("provenance", "tokenizer", "compatibility", "verdict")
-_OPTIONAL_DICTS = ("masking", "similarity", "density", "features", "worst_tokens")
+RUNNER_KEYS = ("expected", "outcomes", "claims")
+"""Keys a record adds to the PairResult JSON (written by the findings, not by the engine)."""
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,16 @@ class Entry:
 
     @property
     def verdict(self) -> str | None:
-        return None if self.result is None else _str_or_none(self.result.verdict.get("verdict"))
+        return None if self.result is None else self.result.verdict.verdict
+
+    @property
+    def norm_matched_verdict(self) -> str | None:
+        nm = None if self.result is None else self.result.norm_matching
+        return None if nm is None else nm.verdict.verdict
 
     @property
     def expected_verdict(self) -> str | None:
-        return None if not self.expected else _str_or_none(self.expected.get("verdict"))
+        return None if not self.expected or self.expected.get("verdict") is None else str(self.expected["verdict"])
 
     @property
     def matches(self) -> bool | None:
@@ -63,10 +69,6 @@ class Entry:
         if self.verdict is None or self.expected_verdict is None:
             return None
         return self.verdict == self.expected_verdict
-
-
-def _str_or_none(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 def _dict_or_none(value: Any, what: str) -> dict[str, Any] | None:
@@ -81,6 +83,14 @@ def _outcomes(value: Any) -> dict[str, dict[str, str]]:
     return {str(k): ({"outcome": str(v), "reason": ""} if not isinstance(v, dict) else
                      {"outcome": str(v.get("outcome", "")), "reason": str(v.get("reason") or "")})
             for k, v in value.items()}
+
+
+def _claims(value: Any) -> tuple[ClaimOutcome, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
+        raise TypeError("'claims' must be a list of objects")
+    return tuple(ClaimOutcome.from_dict(c) for c in value)
 
 
 def portable(value: Any) -> Any:
@@ -98,26 +108,19 @@ def portable(value: Any) -> Any:
 
 
 def parse_record(data: Any, stem: str) -> Entry:
-    """An evaluated pair from `PairResult.to_json()` plus the optional 'outcomes' and 'expected' keys."""
+    """An evaluated pair: `PairResult.to_json()` plus the runner's keys (`RUNNER_KEYS`).
+
+    `PairResult.from_dict` refuses anything that does not fit the typed result (a missing section, an
+    unknown key, a string where a number belongs); the caller turns that into a warning line.
+    """
     if not isinstance(data, dict):
         raise TypeError(f"a record must be a JSON object, got {type(data).__name__}")
-    for key in _REQUIRED_DICTS:
-        if not isinstance(data.get(key), dict):
-            raise TypeError(f"missing or malformed section {key!r}")
-    for key in _OPTIONAL_DICTS:
-        _dict_or_none(data.get(key), repr(key))
-    sae = data.get("sae") or {}
-    if not isinstance(sae, dict) or not all(isinstance(v, dict) for v in sae.values()):
-        raise TypeError("'sae' must map SAE names to metric objects")
-    # unknown top-level keys (added by later runners) are ignored rather than breaking PairResult(**...)
-    fields = {k: v for k, v in data.items() if k in _RESULT_FIELDS}
-    result = PairResult.from_dict({**fields, "sae": sae, "provenance": portable(data["provenance"])})
+    fields = {k: v for k, v in data.items() if k not in RUNNER_KEYS}
+    result = PairResult.from_dict({**fields, "provenance": portable(fields.get("provenance"))})
     prov = result.provenance
-    test_id = str(prov.get("test_id") or stem)
-    return Entry(test_id=test_id, pair_id=str(prov.get("pair_id") or test_id), result=result,
+    return Entry(test_id=prov.test_id or stem, pair_id=prov.pair_id or prov.test_id or stem, result=result,
                  outcomes=_outcomes(data.get("outcomes")), expected=_dict_or_none(data.get("expected"), "'expected'"),
-                 sae=_str_or_none(prov.get("sae")), hook=_str_or_none(prov.get("hook")),
-                 claims=tuple(ClaimOutcome.from_dict(c) for c in data.get("claims") or ()))
+                 sae=prov.sae, hook=prov.hook, claims=_claims(data.get("claims")))
 
 
 def parse_skip(data: Any, stem: str) -> Entry:
@@ -125,10 +128,10 @@ def parse_skip(data: Any, stem: str) -> Entry:
     if not isinstance(data, dict):
         raise TypeError(f"a skip record must be a JSON object, got {type(data).__name__}")
     test_id = str(data.get("test_id") or stem)
+    optional = {k: None if data.get(k) is None else str(data[k]) for k in ("sae", "hook")}
     return Entry(test_id=test_id, pair_id=str(data.get("pair_id") or test_id),
                  expected=_dict_or_none(data.get("expected"), "'expected'"),
-                 skip_reason=str(data.get("reason") or "no reason given"),
-                 sae=_str_or_none(data.get("sae")), hook=_str_or_none(data.get("hook")))
+                 skip_reason=str(data.get("reason") or "no reason given"), **optional)
 
 
 def _read_all(folder: Path, parse: Any, label: str, warnings: list[str]) -> dict[str, Entry]:
@@ -173,27 +176,15 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
-RECORD_DIGITS = 7
-"""Significant digits kept in records: the last digits of a float sum depend on the thread count, and
-a committed report must not churn on them (the result cache keeps full precision)."""
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return float(f"{value:.{RECORD_DIGITS}g}") if value == value and abs(value) != float("inf") else value
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
-
-
 def write_record(directory: Path, pair: Pair, result: PairResult) -> Path:
+    """Commit `result` in its stable form (see `stable`); numbers within tolerance keep their committed value."""
     path = directory / f"{pair.test_id}.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    data = _rounded(json.loads(result.to_json()))
+    data = committed_form(result, {k: v for k, v in old.items() if k not in RUNNER_KEYS})
     data["expected"] = asdict(pair.expected) if pair.expected else None
     data["outcomes"] = old.get("outcomes", {})
+    if "claims" in old:
+        data["claims"] = old["claims"]
     _write(path, data)
     (directory / SKIPPED_DIR / f"{pair.test_id}.json").unlink(missing_ok=True)
     return path

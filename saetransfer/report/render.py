@@ -9,12 +9,14 @@ from pathlib import Path
 import pandas as pd
 
 from saetransfer.files import write_atomic
+from saetransfer.report.cross_pair import cross_pair_plot
 from saetransfer.report.doc import to_html, to_markdown
 from saetransfer.report.fmt import MISSING
+from saetransfer.report.headline import anchor, ran_first
 from saetransfer.report.plots import PLOTS, Plot, inputs_key, pair_plots
 from saetransfer.report.records import Entry, load_entries
-from saetransfer.report.sections import TITLE, anchor, document
-from saetransfer.report.summary import summary_row
+from saetransfer.report.sections import TITLE, document
+from saetransfer.report.summary import NOT_RUN, summary_row
 from saetransfer.results import PairResult
 
 PLOTS_DIR = "plots"
@@ -51,12 +53,16 @@ def _cached_plots(result: PairResult, folder: Path) -> list[Plot]:
     return plots
 
 
-def _write_plots(entries: list[Entry], out_dir: Path,
+def _write_plots(entries: list[Entry], out_dir: Path, cross_pair: Plot | None,
                  warnings: list[str]) -> dict[str, dict[str, tuple[str, Plot]]]:
-    """PNG files under plots/<slug>/; stale ones (a removed record, a plot no longer drawn) deleted."""
+    """PNG files under plots/<slug>/ and plots/cross_pair.png; stale ones (a removed record, a plot no longer
+    drawn) deleted."""
     root = out_dir / PLOTS_DIR
     written: dict[str, dict[str, tuple[str, Plot]]] = {}
     keep: set[Path] = set()
+    if cross_pair is not None:
+        keep.add(root / f"{cross_pair.name}.png")
+        write_atomic(root / f"{cross_pair.name}.png", cross_pair.png)
     for entry in entries:
         if entry.result is None or not entry.result.comparable:  # nothing past the tokenizer check to draw
             continue
@@ -86,9 +92,7 @@ def _prune(root: Path, keep: set[Path]) -> None:
 
 
 def _csv(entries: list[Entry]) -> bytes:
-    rows = [summary_row(e) for e in entries]
-    for row in rows:
-        row["reasons"] = "; ".join(row["reasons"])
+    rows = [summary_row(e) for e in ran_first(entries)]
     frame = pd.DataFrame(rows, columns=list(summary_row(Entry("", "")).keys()))
     return frame.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n").encode("utf-8")
 
@@ -96,16 +100,20 @@ def _csv(entries: list[Entry]) -> bytes:
 def render_report(records_dir: Path, out_dir: Path) -> ReportFiles:
     """Render the report from all records in `records_dir` into `out_dir`.
 
-    Inputs: `records_dir/*.json` (a `PairResult.to_json()` plus optional "outcomes" and "expected")
+    Inputs: `records_dir/*.json` (a `PairResult.to_json()` plus optional "outcomes", "expected", "claims")
     and `records_dir/skipped/*.json` ({"test_id", "pair_id", "reason"}). Unreadable files become
     warnings in the report. Output is deterministic: rendering unchanged records rewrites nothing.
     """
     records_dir, out_dir = Path(records_dir), Path(out_dir)
     entries, warnings = load_entries(records_dir)
-    plots = _write_plots(entries, out_dir, warnings)
-    blocks = document(entries, plots, warnings, records_dir.name)
+    cross_pair = cross_pair_plot(entries)
+    plots = _write_plots(entries, out_dir, cross_pair, warnings)
+    blocks = document(entries, plots, cross_pair, warnings, records_dir.name)
+    drawn = [out_dir / rel for p in plots.values() for rel, _ in p.values()]
+    if cross_pair is not None:
+        drawn.append(out_dir / PLOTS_DIR / f"{cross_pair.name}.png")
     files = ReportFiles(readme=out_dir / "README.md", html=out_dir / "report.html", csv=out_dir / "summary.csv",
-                        plots=tuple(sorted(out_dir / rel for p in plots.values() for rel, _ in p.values())),
+                        plots=tuple(sorted(drawn)),
                         warnings=tuple(warnings))
     write_atomic(files.readme, to_markdown(blocks).encode("utf-8"))
     write_atomic(files.html, to_html(blocks, TITLE).encode("utf-8"))
@@ -117,8 +125,8 @@ def verdict_table(records_dir: Path) -> str:
     """Plain-text table (test id, verdict, expected, match) for pytest's terminal summary."""
     entries, warnings = load_entries(Path(records_dir))
     header = ("test id", "verdict", "expected", "match")
-    rows = [(e.test_id, e.verdict or "not run", e.expected_verdict or MISSING,
-             {True: "ok", False: "MISMATCH", None: MISSING}[e.matches]) for e in entries]
+    rows = [(e.test_id, e.verdict or NOT_RUN, e.expected_verdict or MISSING,
+             {True: "ok", False: "MISMATCH", None: MISSING}[e.matches]) for e in ran_first(entries)]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     lines += [f"warning: {w}" for w in warnings]

@@ -1,82 +1,74 @@
-"""One summary row per entry: the raw numbers behind the "Which pairs transfer" table and summary.csv."""
+"""One row of raw numbers per entry: summary.csv (the headline table formats the same attributes)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from saetransfer.report.fmt import as_float, ratio
 from saetransfer.report.records import Entry
+from saetransfer.results import Comparisons, Estimate, PairResult
 
-GOOD_TOKEN_KEYS = {
-    "base": ("good_tokens_base_pct", "good_tokens_in_base_pct", "good_base_pct"),
-    "finetune": ("good_tokens_finetune_pct", "good_tokens_in_finetune_pct", "good_finetune_pct"),
-}
-"""Where the seed's good-token % may sit in `PairResult.tokenizer` (the loader names it; first match wins)."""
-
-
-def get(data: Any, *keys: str) -> Any:
-    """data[k1][k2]...; None when any level is missing or not a dict (records may predate a key)."""
-    for key in keys:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
-
-
-def good_tokens(tokenizer: dict[str, Any], side: str) -> float | None:
-    for key in GOOD_TOKEN_KEYS[side]:
-        if (value := as_float(tokenizer.get(key))) is not None:
-            return value
-    return None
-
-
-def reasons(entry: Entry) -> list[str]:
-    value = None if entry.result is None else entry.result.verdict.get("reasons")
-    if value is None:
-        return []
-    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+COMPARISONS = tuple(f.name for f in dataclasses.fields(Comparisons))
+NOT_RUN = "not run"
 
 
 def status(entry: Entry) -> str:
     if entry.result is None:
-        return "not run"
+        return NOT_RUN
     return "evaluated" if entry.result.comparable else "not comparable"
+
+
+def reasons(entry: Entry) -> tuple[str, ...]:
+    return () if entry.result is None else entry.result.verdict.reasons
+
+
+def _estimates(prefix: str, comparisons: Comparisons | None) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name in COMPARISONS:
+        e: Estimate | None = None if comparisons is None else getattr(comparisons, name)
+        for part in ("value", "low", "high"):
+            out[f"{prefix}{name}{'' if part == 'value' else '_' + part}"] = None if e is None else getattr(e, part)
+    return out
+
+
+def _sae(r: PairResult | None) -> dict[str, float | None]:
+    sae = None if r is None else r.sae
+    return {f"{metric}_{side}": None if sae is None else getattr(getattr(sae, side), metric)
+            for metric in ("explained_variance", "kl_div_score", "ce_loss_score", "l0") for side in ("base", "finetune")}
+
+
+def _features(r: PairResult | None) -> dict[str, float | None]:
+    f = None if r is None else r.features
+    regular = None if f is None else f.buckets.regular.activation_correlation
+    chance = None if f is None else f.chance
+    return {"regular_correlation_mean": None if regular is None else regular.mean,
+            "regular_fraction_transferred": None if regular is None else regular.fraction_transferred,
+            "chance_fraction_transferred": None if chance is None else chance.permuted.fraction_transferred}
 
 
 def summary_row(entry: Entry) -> dict[str, Any]:
     """Raw values (floats, None for 'not computed'); display formatting happens in the renderers."""
-    r = entry.result
-    sae = r.sae if r is not None else {}
-    base, ft = sae.get("base") or {}, sae.get("finetune") or {}
-    regular = get(r.features if r else None, "buckets", "regular", "activation_correlation") or {}
-    expected = entry.expected or {}
+    r, expected = entry.result, entry.expected or {}
+    nm = None if r is None else r.norm_matching
     return {
-        "test_id": entry.test_id,
-        "pair_id": entry.pair_id,
-        "sae": entry.sae,
-        "hook": entry.hook,
+        "test_id": entry.test_id, "pair_id": entry.pair_id, "sae": entry.sae, "hook": entry.hook,
         "status": status(entry),
-        "compatible": None if r is None else r.comparable,
-        "good_tokens_base_pct": None if r is None else good_tokens(r.tokenizer, "base"),
-        "good_tokens_finetune_pct": None if r is None else good_tokens(r.tokenizer, "finetune"),
-        "cosine_mean": as_float(get(r.similarity if r else None, "cosine_mean")),
-        "cosine_stderr": as_float(get(r.similarity if r else None, "cosine_stderr")),
-        "explained_variance_base": as_float(base.get("explained_variance")),
-        "explained_variance_finetune": as_float(ft.get("explained_variance")),
-        "kl_div_score_base": as_float(base.get("kl_div_score")),
-        "kl_div_score_finetune": as_float(ft.get("kl_div_score")),
-        "ce_loss_score_base": as_float(base.get("ce_loss_score")),
-        "ce_loss_score_finetune": as_float(ft.get("ce_loss_score")),
-        "l0_base": as_float(base.get("l0")),
-        "l0_finetune": as_float(ft.get("l0")),
-        "l0_ratio": ratio(ft.get("l0"), base.get("l0")),
-        "regular_correlation_mean": as_float(regular.get("mean")),
-        "regular_fraction_at_least_0.8": as_float(regular.get("fraction_at_least_0.8")),
-        "verdict": entry.verdict if r is not None else "not run",
-        "reasons": reasons(entry),
+        "verdict": entry.verdict or NOT_RUN,
+        "norm_matched_verdict": entry.norm_matched_verdict,
         "expected_verdict": entry.expected_verdict,
+        "matches_expected": entry.matches,
+        "compatible": None if r is None else r.comparable,
+        "judged": None if r is None or r.masking is None else r.masking.judged,
+        "kept_fraction": None if r is None or r.masking is None else r.masking.kept_fraction,
+        "good_tokens_base_pct": None if r is None else r.tokenizer.good_base_pct,
+        "good_tokens_finetune_pct": None if r is None else r.tokenizer.good_finetune_pct,
+        **_estimates("", None if r is None else r.comparisons),
+        **_sae(r),
+        "norm_matching_scale": None if nm is None else nm.scale,
+        **_estimates("norm_matched_", None if nm is None else nm.comparisons),
+        **_features(r),
+        "reasons": "; ".join(reasons(entry)),
         "expected_source": expected.get("source"),
         "expected_extrapolated": expected.get("extrapolated"),
-        "matches_expected": entry.matches,
         "not_run_reason": entry.skip_reason,
     }
