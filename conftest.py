@@ -21,13 +21,9 @@ import pytest
 # The Hub libraries read these when first imported, so set them before any plugin or test does.
 # `--hub` lifts them (the earliest hook that sees options is pytest_load_initial_conftests, which
 # runs after this module is imported; we therefore look at sys.argv directly).
-_HUB = "--hub" in sys.argv
-if not _HUB:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from saetransfer.offline import set_offline_environment  # noqa: E402 (imports only os)
+
+set_offline_environment(allow_hub="--hub" in sys.argv)
 
 
 # 2. ---------------------------------------------------------------------------------------------

@@ -10,15 +10,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
 def _offline_unless(allow_hub: bool) -> None:
-    if not allow_hub:
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-            os.environ.setdefault(var, "1")
-    os.environ.setdefault("WANDB_MODE", "disabled")
+    from saetransfer.offline import set_offline_environment
+
+    set_offline_environment(allow_hub=allow_hub)
 
 
 def _evidence(args: list[str]) -> int:
