@@ -68,16 +68,20 @@ def pytest_configure(config: pytest.Config) -> None:
 # 3. ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def device(pytestconfig: pytest.Config) -> str:
-    """`cuda` under --gpu, else `cpu`."""
-    return "cuda" if pytestconfig.getoption("--gpu") else "cpu"
+    """`cuda` under --gpu, else `cpu` (`saetransfer.config.device_and_dtype`)."""
+    from saetransfer.config import device_and_dtype
+
+    return device_and_dtype(pytestconfig.getoption("--gpu"))[0]
 
 
 @pytest.fixture(scope="session")
 def dtype(pytestconfig: pytest.Config):
-    """Model dtype: bf16 under --gpu (fp16 overflows Gemma), fp32 on CPU. Metrics are always fp32/fp64."""
+    """Model dtype as a torch dtype: bf16 under --gpu, fp32 on CPU (`saetransfer.config.device_and_dtype`)."""
     import torch
 
-    return torch.bfloat16 if pytestconfig.getoption("--gpu") else torch.float32
+    from saetransfer.config import device_and_dtype
+
+    return getattr(torch, device_and_dtype(pytestconfig.getoption("--gpu"))[1])
 
 
 @pytest.fixture(scope="session")

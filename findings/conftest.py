@@ -39,10 +39,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def run_config(pytestconfig: pytest.Config, device: str, dtype: Any) -> Any:
-    """How pairs are evaluated in this session (token budget comes per pair, see `result`)."""
-    return {"device": device, "dtype": str(dtype).removeprefix("torch."), "allow_hub": pytestconfig.getoption("--hub"),
-            "tokens": pytestconfig.getoption("--tokens"), "refresh": pytestconfig.getoption("--refresh")}
+def run_config(pytestconfig: pytest.Config) -> dict[str, Any]:
+    """This session's options; `RunConfig.for_pair(pair, **run_config)` turns them into a pair's config."""
+    return {"tokens": pytestconfig.getoption("--tokens"), "gpu": pytestconfig.getoption("--gpu"),
+            "hub": pytestconfig.getoption("--hub")}
 
 
 # 2. ---------------------------------------------------------------------------------------------
@@ -52,13 +52,12 @@ _RESULTS: dict[str, Any] = {}
 @pytest.fixture
 def result(pair: Any, run_config: dict[str, Any], pytestconfig: pytest.Config) -> Any:
     """The pair's PairResult (read-only). Skips with the reason when the pair cannot run here."""
-    from saetransfer.engine import RunConfig, run
+    from saetransfer.config import RunConfig
+    from saetransfer.engine import run
     from saetransfer.loading import availability
     from saetransfer.report.records import write_record, write_skip
 
-    config = RunConfig(n_tokens=run_config["tokens"] or pair.n_tokens, device=run_config["device"],
-                       dtype=run_config["dtype"], allow_hub=run_config["allow_hub"],
-                       progress=pytestconfig.getoption("verbose") > 0)
+    config = RunConfig.for_pair(pair, **run_config, progress=pytestconfig.getoption("verbose") > 0)
     if pair.test_id not in _RESULTS:
         reason = "needs --gpu (a CUDA machine; too large for a CPU run)" if pair.needs_gpu and config.device != "cuda" \
             else availability(pair, allow_hub=config.allow_hub)
@@ -66,7 +65,7 @@ def result(pair: Any, run_config: dict[str, Any], pytestconfig: pytest.Config) -
             write_skip(records_dir(pytestconfig), pair, reason)
             pytest.skip(reason)
         try:
-            _RESULTS[pair.test_id] = run(pair, config, refresh=run_config["refresh"])
+            _RESULTS[pair.test_id] = run(pair, config, refresh=pytestconfig.getoption("--refresh"))
         except Exception as err:  # remembered, so the pair's other findings fail fast with the same error
             _RESULTS[pair.test_id] = err
             raise
@@ -141,7 +140,10 @@ class RoundedJSONExtension(JSONSnapshotExtension):
 @pytest.fixture
 def metrics_snapshot(snapshot: Any, pair: Any, run_config: dict[str, Any], request: pytest.FixtureRequest) -> Any:
     """Compare a dict of metrics with its snapshot for this run configuration (token budget, device, dtype)."""
-    tag = f"{run_config['tokens'] or pair.n_tokens}tok-{run_config['device']}-{run_config['dtype']}"
+    from saetransfer.config import RunConfig
+
+    run = RunConfig.for_pair(pair, **run_config)
+    tag = f"{run.n_tokens}tok-{run.device}-{run.dtype}"
     assertion = snapshot.with_defaults(extension_class=RoundedJSONExtension)(name=tag)
     config = request.config
     updating = config.option.update_snapshots or config.option.update_new_snapshots_only

@@ -31,13 +31,12 @@ def _evidence(args: list[str]) -> int:
 
 
 def _run(ns: argparse.Namespace) -> int:
-    from saetransfer.engine import RunConfig, run
+    from saetransfer.config import RunConfig
+    from saetransfer.engine import run
     from saetransfer.registry import get_pair, load_registry, registry_files
 
     pair = get_pair(load_registry(registry_files(ns.registry)), ns.pair)
-    device = "cuda" if ns.gpu else "cpu"
-    config = RunConfig(n_tokens=ns.tokens or pair.n_tokens, device=device,
-                       dtype="bfloat16" if ns.gpu else "float32", allow_hub=ns.hub, progress=True)
+    config = RunConfig.for_pair(pair, tokens=ns.tokens, gpu=ns.gpu, hub=ns.hub, progress=True)
     result = run(pair, config, refresh=ns.refresh)
     print(result.to_json())
     return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import platform
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,6 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saetransfer import metrics
+from saetransfer.config import RunConfig  # noqa: F401 (its old home; `engine.RunConfig` still works)
 from saetransfer.features import feature_transfer
 from saetransfer.registry import Pair
 from saetransfer.results import METRIC_VERSION, PairResult
@@ -33,21 +33,6 @@ CALIBRATION_BATCHES = 4
 TOP_K = 16
 LOGIT_CHUNK_ELEMENTS = 2**26
 """Positions x vocab per logits chunk (256 MiB in fp32): 256 positions for Gemma's 256k vocabulary."""
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """How a pair is evaluated; everything here is part of the cache key."""
-
-    n_tokens: int
-    device: str = "cpu"
-    dtype: str = "float32"
-    allow_hub: bool = False
-    progress: bool = True
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
 
 
 def hook_start_layer(hook: str) -> int:
