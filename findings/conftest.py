@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 from syrupy.extensions.json import JSONSnapshotExtension
 
+from saetransfer.rounding import round_significant
+
 # 1. ---------------------------------------------------------------------------------------------
 
 
@@ -90,9 +92,6 @@ def records_dir(config: pytest.Config) -> Path:
 
 
 # 3. ---------------------------------------------------------------------------------------------
-SIGNIFICANT_DIGITS = 4
-"""Floats are stored to 4 significant digits: readable diffs, and far coarser than CPU-to-CPU noise."""
-
 TOLERANCES: tuple[tuple[str, float, float], ...] = (
     # (key pattern, relative, absolute). A fresh value within tolerance of the stored one is
     # compared as the stored one, so a rounding boundary or another CPU's summation order does not
@@ -125,13 +124,13 @@ def snap_to_stored(fresh: Any, stored: Any, key: str = "") -> Any:
 
 
 class RoundedJSONExtension(JSONSnapshotExtension):
-    """One JSON file per test id and configuration; floats to SIGNIFICANT_DIGITS, NaN as a string."""
+    """One JSON file per test id and configuration; floats via `round_significant`, NaN as a string."""
 
     def serialize(self, data: Any, *, exclude: Any = None, include: Any = None, matcher: Any = None) -> Any:
         def rounding(data: Any, path: Any) -> Any:
             value = matcher(data=data, path=path) if matcher else data
             if isinstance(value, float) and not isinstance(value, bool):
-                return float(f"{value:.{SIGNIFICANT_DIGITS}g}") if math.isfinite(value) else str(value)
+                return round_significant(value) if math.isfinite(value) else str(value)
             return value
 
         return super().serialize(data, exclude=exclude, include=include, matcher=rounding)

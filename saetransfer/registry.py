@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from saetransfer.paths import DEFAULT_REGISTRY, REPO_ROOT
+from saetransfer.paths import DEFAULT_REGISTRY, portable_path
 
 Verdict = Literal["transfers", "partial", "fails", "not comparable", "unusable"]
 VERDICTS: tuple[str, ...] = get_args(Verdict)
@@ -24,14 +24,6 @@ VERDICTS: tuple[str, ...] = get_args(Verdict)
 # ids: lowercase slug, `__` between base and finetune, nothing a shell, `-k` or a file name chokes on
 _PAIR_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*__[a-z0-9][a-z0-9.-]*$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
-
-def display_path(path: Path) -> str:
-    """Repo-relative when inside the checkout, so records and reports do not change between machines."""
-    try:
-        return str(Path(path).relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
 
 
 class RegistryError(ValueError):
@@ -71,8 +63,8 @@ class ModelSource:
     def describe(self) -> str:
         if self.path is not None:
             if self.interpolate_from is not None:
-                return f"{display_path(self.interpolate_from)} + {self.alpha} x ({display_path(self.path)} - it)"
-            return display_path(self.path)
+                return f"{portable_path(self.interpolate_from)} + {self.alpha} x ({portable_path(self.path)} - it)"
+            return portable_path(self.path)
         return f"{self.hub}@{self.revision}" if self.revision else str(self.hub)
 
 
@@ -91,7 +83,7 @@ class SaeSource:
         return self.path is not None
 
     def describe(self) -> str:
-        return display_path(self.path) if self.path is not None else f"{self.release}/{self.sae_id}"
+        return portable_path(self.path) if self.path is not None else f"{self.release}/{self.sae_id}"
 
 
 @dataclass(frozen=True)
@@ -116,7 +108,7 @@ class DatasetSource:
         return self.column in ("input_ids", "tokens")
 
     def describe(self) -> str:
-        return display_path(self.path) if self.path is not None else f"{self.hub}:{self.split}"
+        return portable_path(self.path) if self.path is not None else f"{self.hub}:{self.split}"
 
 
 @dataclass(frozen=True)

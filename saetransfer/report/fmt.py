@@ -11,8 +11,8 @@ import math
 import re
 from typing import Any
 
-SIG = 4
-"""Significant digits shown for metrics (snapshots round to the same)."""
+from saetransfer.rounding import SIGNIFICANT_DIGITS
+
 MISSING = "—"
 """A value that was not computed (a section is None, or the record predates the key)."""
 UNDEFINED = "n/a"
@@ -31,7 +31,7 @@ def as_float(value: Any) -> float | None:
     return float(value)
 
 
-def num(value: Any, sig: int = SIG) -> str:
+def num(value: Any, sig: int = SIGNIFICANT_DIGITS) -> str:
     """`sig` significant digits with trailing zeros kept (0.99996 -> '1.000', not '1'); NaN -> 'n/a'."""
     if value is None:
         return MISSING
