@@ -95,7 +95,7 @@ def _tokenizer_cell(row: dict[str, Any]) -> str:
     if row["compatible"] is None:
         return MISSING
     kind = "compatible" if row["compatible"] else "incompatible"
-    b, f = row["good_tokens_base_pct"], row["good_tokens_finetune_pct"]
+    b, f = row["good_base_pct"], row["good_finetune_pct"]
     if b is None and f is None:
         return kind
     good = pct(b) if b == f or f is None else f"{pct(b)} / {pct(f)}"

@@ -7,12 +7,6 @@ from typing import Any
 from saetransfer.report.fmt import as_float, ratio
 from saetransfer.report.records import Entry
 
-GOOD_TOKEN_KEYS = {
-    "base": ("good_tokens_base_pct", "good_tokens_in_base_pct", "good_base_pct"),
-    "finetune": ("good_tokens_finetune_pct", "good_tokens_in_finetune_pct", "good_finetune_pct"),
-}
-"""Where the seed's good-token % may sit in `PairResult.tokenizer` (the loader names it; first match wins)."""
-
 
 def get(data: Any, *keys: str) -> Any:
     """data[k1][k2]...; None when any level is missing or not a dict (records may predate a key)."""
@@ -21,13 +15,6 @@ def get(data: Any, *keys: str) -> Any:
             return None
         data = data.get(key)
     return data
-
-
-def good_tokens(tokenizer: dict[str, Any], side: str) -> float | None:
-    for key in GOOD_TOKEN_KEYS[side]:
-        if (value := as_float(tokenizer.get(key))) is not None:
-            return value
-    return None
 
 
 def reasons(entry: Entry) -> list[str]:
@@ -57,8 +44,9 @@ def summary_row(entry: Entry) -> dict[str, Any]:
         "hook": entry.hook,
         "status": status(entry),
         "compatible": None if r is None else r.comparable,
-        "good_tokens_base_pct": None if r is None else good_tokens(r.tokenizer, "base"),
-        "good_tokens_finetune_pct": None if r is None else good_tokens(r.tokenizer, "finetune"),
+        # `TokenizerComparison`'s names: one name per number, from the loader to summary.csv
+        "good_base_pct": as_float(get(r.tokenizer if r else None, "good_base_pct")),
+        "good_finetune_pct": as_float(get(r.tokenizer if r else None, "good_finetune_pct")),
         "cosine_mean": as_float(get(r.similarity if r else None, "cosine_mean")),
         "cosine_stderr": as_float(get(r.similarity if r else None, "cosine_stderr")),
         "explained_variance_base": as_float(base.get("explained_variance")),
