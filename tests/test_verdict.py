@@ -8,8 +8,6 @@ on, `finetune` the same SAE on the other model, `native` the other model's own S
 
 from __future__ import annotations
 
-import ast
-import inspect
 import json
 import math
 from dataclasses import fields, replace
@@ -18,7 +16,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saetransfer import verdict as verdict_module
 from saetransfer.verdict import SaeQuality, Thresholds, VerdictResult, decide
 
 Q = SaeQuality
@@ -275,16 +272,6 @@ def test_inconsistent_thresholds_are_refused() -> None:
         Thresholds(ev_ratio_ok=0.4)
     with pytest.raises(ValueError, match="positive"):
         Thresholds(base_min_explained_variance=0.0)
-
-
-def test_every_threshold_is_documented() -> None:
-    """Each Thresholds field has a docstring under it and its value appears in the module's rule table."""
-    tree = ast.parse(inspect.getsource(Thresholds))
-    body = tree.body[0].body
-    documented = {node.target.id for node, after in zip(body, body[1:]) if isinstance(node, ast.AnnAssign)
-                  and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)}
-    assert documented == {f.name for f in fields(Thresholds)}
-    assert "| gate |" in verdict_module.__doc__ and "| L0 (TopK, BatchTopK) |" in verdict_module.__doc__
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Iterable
 from typing import Any
 
-from saetransfer.report.doc import Block, Bullets, Heading, Image, Markdown, Para, Span, Table
+from saetransfer.report.doc import Block, Bullets, Heading, Image, Para, Span, Table
+from saetransfer.rules import HEADERS, rule_rows, rules_markdown
 from saetransfer.report.fmt import MISSING, arrow, num, pct, slug
 from saetransfer.report.plots import SAE_LABELS, Plot
 from saetransfer.report.records import Entry
@@ -18,8 +18,6 @@ WORST_SHOWN = 8
 """Worst tokens listed per category (the engine keeps 16)."""
 LIST_SHOWN = 8
 """Items of a list value shown in key/value tables before '… (N more)'."""
-RULES_PLACEHOLDER = ("*The verdict rules are documented in `saetransfer/verdict.py`; this report shows them here once "
-                     "that module exposes them (a `RULES_MARKDOWN` string or its module docstring).*")
 CAVEAT_FALLBACK = ("Logit similarity shares one W_dec between base and finetune, so it mostly measures how much W_U "
                    "changed (the post, §5.2); activation correlation follows the encoder direction only.")
 SUMMARY_HEADERS = ("pair", "SAE", "hook", "tokenizer", "activation cosine", "explained variance base → ft",
@@ -50,16 +48,14 @@ BUCKET_ORDER = ("regular", "dead_in_base", "dead_in_finetune")
 
 
 def verdict_rules() -> str:
-    """The verdict rule table as Markdown, taken from `saetransfer.verdict` so it cannot drift from the code.
+    """The verdict rule table as Markdown, generated from `verdict.Thresholds` (see `saetransfer.rules`)."""
+    return rules_markdown()
 
-    Uses `RULES_MARKDOWN` when the module defines it, else its docstring; the placeholder until it exists.
-    """
-    try:
-        from saetransfer import verdict
-    except ImportError:
-        return RULES_PLACEHOLDER
-    text = getattr(verdict, "RULES_MARKDOWN", None) or verdict.__doc__
-    return inspect.cleandoc(text) if isinstance(text, str) and text.strip() else RULES_PLACEHOLDER
+
+def rules_table() -> Table:
+    """The same table as a report block: one row per threshold, its current value and published evidence."""
+    return Table(HEADERS, tuple((r.group, r.metric, r.condition, Span(r.field, code=True), r.value_text, r.source)
+                                for r in rule_rows()))
 
 
 def anchor(entry: Entry) -> str:
@@ -158,8 +154,10 @@ def summary_table(entries: list[Entry]) -> Table:
 def how_to_read(caveat: str) -> list[Block]:
     return [
         Heading(2, "How to read this report", "how-to-read"),
-        Para("Verdict rules (from saetransfer.verdict):"),
-        Markdown(verdict_rules()),
+        Para(("Verdict rules, one row per field of ", Span("saetransfer.verdict.Thresholds", code=True),
+              " with its current value; the order of the rules and what happens to a missing metric are in ",
+              Span("saetransfer/verdict.py", code=True), "'s docstring:")),
+        rules_table(),
         Bullets((
             "activation cosine: per-token cosine of base vs finetune residual activations at the SAE hook on "
             "identical token ids, mean over kept positions (BOS/special tokens and norm outliers masked) ± standard "
