@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Int
@@ -22,6 +22,7 @@ MAX_KEYS = 50
 MAX_EXAMPLES = 10
 
 
+@runtime_checkable  # the shape-checking hook checks arguments against it
 class HasVocab(Protocol):
     def get_vocab(self) -> dict[str, int]: ...
 
