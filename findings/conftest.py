@@ -79,7 +79,7 @@ def result(pair: Any, run_config: dict[str, Any], pytestconfig: pytest.Config) -
 
 @pytest.fixture
 def comparable_result(result: Any) -> Any:
-    """The result, skipping findings 2-4 for pairs whose tokenizers differ (the seed fed wrong ids)."""
+    """The result, skipping findings 2-4 for pairs whose tokenizers differ (the post's code fed them wrong ids)."""
     if not result.comparable:
         pytest.skip(f"not comparable: {result.compatibility['reason']}")
     return result

@@ -1,6 +1,6 @@
 """Finding 1 (seed README, post §2): are the tokenizers compatible on the evaluation sample?
 
-The seed printed the table and carried on, feeding base ids to the finetune whatever it said. Here an
+The post's code printed the table and carried on, feeding base ids to the finetune whatever it said. Here an
 incompatible pair stops: its verdict is `not comparable` and findings 2-4 skip with the reason.
 """
 
@@ -13,9 +13,9 @@ from saetransfer.loading import good_token_pct
 
 @pytest.mark.finding(1)
 def test_finding1_tokenizers(pair, result, metrics_snapshot):
-    """The seed's vocabulary table, and compatibility decided on the ids the evaluation actually uses."""
+    """The post's code's vocabulary table, and compatibility decided on the ids the evaluation actually uses."""
     t, c = result.tokenizer, result.compatibility
-    # the seed's arithmetic: good = size - only-here - mismatched, as a percentage of the size
+    # the post's code's arithmetic: good = size - only-here - mismatched, as a percentage of the size
     assert t["good_base_pct"] == pytest.approx(good_token_pct(t["base_size"], t["only_in_base"], t["mismatched"]))
     assert t["good_finetune_pct"] == pytest.approx(
         good_token_pct(t["finetune_size"], t["only_in_finetune"], t["mismatched"]))

@@ -12,7 +12,7 @@ IDENTITY_TOLERANCE = 1e-5
 
 @pytest.mark.finding(2)
 def test_finding2_activation_similarity(pair, comparable_result, metrics_snapshot):
-    """Per-token cosine, distance and norm ratio; with and without BOS/position 0 (the seed kept it)."""
+    """Per-token cosine, distance and norm ratio; with and without BOS/position 0 (the post's code kept it)."""
     sim = comparable_result.similarity
     assert -1.0 <= sim["cosine_mean"] <= 1.0
     assert sim["distance_mean"] >= 0 and sim["norm_ratio_mean"] > 0

@@ -2,7 +2,7 @@
 
 The key hashes everything that changes a result: the pair's sources (local files by name, size and
 mtime; Hub sources by resolved revision), the token sample's hash, dtype, device class, library
-versions and `METRIC_VERSION`. A changed metric therefore never reads a stale entry (the seed reused
+versions and `METRIC_VERSION`. A changed metric therefore never reads a stale entry (the post's code reused
 old files by a bare try/except), and concurrent xdist workers compute a pair once.
 """
 

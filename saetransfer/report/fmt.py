@@ -52,7 +52,7 @@ def num(value: Any, sig: int = SIGNIFICANT_DIGITS) -> str:
 
 
 def pct(value: Any) -> str:
-    """A percentage that is already x100 (the seed's good-token %), up to 6 digits: 99.9996, 0.00398."""
+    """A percentage that is already x100 (the post's code's good-token %), up to 6 digits: 99.9996, 0.00398."""
     f = as_float(value)
     return num(value) if f is None or not math.isfinite(f) else f"{f:.6g} %"
 

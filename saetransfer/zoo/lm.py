@@ -152,8 +152,9 @@ def load_hf(path: Path) -> GPT2LMHeadModel:
 def load_tl(path: Path, tok: PreTrainedTokenizerBase | None = None) -> HookedTransformer:
     """An unprocessed fp32 HookedSAETransformer from a local HF checkpoint, fully offline.
 
-    TL's `from_pretrained` insists on official names and fetches the Hub config; this is the documented
-    no-patching route (reference/cpu-prototype.md).
+    TL's `from_pretrained` insists on official names and fetches the Hub config; this route
+    calls TL's own loaders (`convert_hf_model_config`, `get_pretrained_state_dict` in
+    `transformer_lens/loading_from_pretrained.py`) on the local directory, with no patching.
     """
     from sae_lens import HookedSAETransformer
 
