@@ -58,7 +58,7 @@ def train(model: HookedTransformer, rows: Mapping[str, np.ndarray], spec: TrainS
     weights = np.array([w for _, w in spec.mix], dtype=np.float64)
     counts = rng.multinomial(spec.steps * spec.batch_rows, weights / weights.sum())
     # a seeded stream of rows per split, epoch by epoch, then interleaved at random
-    picks = np.concatenate([np.stack([np.full(c, i), _epochs(rng, len(rows[s]), c)], 1)
+    picks = np.concatenate([np.stack([np.full(c, i), _epochs(rng, len(rows[s]), int(c))], 1)
                             for i, (s, c) in enumerate(zip(splits, counts))])
     picks = picks[rng.permutation(len(picks))]
     params = [p for p in model.parameters() if p.requires_grad]

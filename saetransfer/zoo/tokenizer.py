@@ -90,7 +90,7 @@ MANIFEST_KEYS = {"base_size": "base_size", "finetune_size": "finetune_size", "on
 committed zoo stays byte-identical (the manifest is data; code uses the field names)."""
 
 
-def manifest_comparison(base: PreTrainedTokenizerBase, other: PreTrainedTokenizerBase) -> dict[str, float]:
+def manifest_comparison(base: PreTrainedTokenizerBase, other: PreTrainedTokenizerBase) -> dict[str, int | float]:
     """`loading.compare_tokenizers` (the post's table) under the manifest's keys; percentages are already x100."""
     comparison = compare_tokenizers(base, other)
     return {key: getattr(comparison, name) for name, key in MANIFEST_KEYS.items()}
