@@ -71,7 +71,9 @@ def _saelens(pair_id: str, n_tokens: int) -> dict:
 
 
 def _child(kind: str, pair_id: str, n_tokens: int) -> None:
-    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled")
+    from saetransfer.offline import set_offline_environment
+
+    set_offline_environment()
     import warnings
 
     warnings.simplefilter("ignore")

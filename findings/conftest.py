@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 from syrupy.extensions.json import JSONSnapshotExtension
 
+from saetransfer.rounding import round_significant
+
 # 1. ---------------------------------------------------------------------------------------------
 
 
@@ -40,10 +42,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def run_config(pytestconfig: pytest.Config, device: str, dtype: Any) -> Any:
-    """How pairs are evaluated in this session (token budget comes per pair, see `result`)."""
-    return {"device": device, "dtype": str(dtype).removeprefix("torch."), "allow_hub": pytestconfig.getoption("--hub"),
-            "tokens": pytestconfig.getoption("--tokens"), "refresh": pytestconfig.getoption("--refresh")}
+def run_config(pytestconfig: pytest.Config) -> dict[str, Any]:
+    """This session's options; `RunConfig.for_pair(pair, **run_config)` turns them into a pair's config."""
+    return {"tokens": pytestconfig.getoption("--tokens"), "gpu": pytestconfig.getoption("--gpu"),
+            "hub": pytestconfig.getoption("--hub")}
 
 
 # 2. ---------------------------------------------------------------------------------------------
@@ -54,13 +56,12 @@ _RESULTS: dict[str, Any] = {}
 def result(pair: Any, run_config: dict[str, Any], pytestconfig: pytest.Config) -> Any:
     """The pair's PairResult (read-only). Skips with the reason only when this machine lacks what the pair
     needs (the Hub offline, a GPU); a wrong entry (a missing local path, a hook typo) fails with its message."""
-    from saetransfer.engine import RunConfig, run
+    from saetransfer.config import RunConfig
+    from saetransfer.engine import run
     from saetransfer.loading import LoadingError, availability
     from saetransfer.report.records import write_record, write_skip
 
-    config = RunConfig(n_tokens=run_config["tokens"] or pair.n_tokens, device=run_config["device"],
-                       dtype=run_config["dtype"], allow_hub=run_config["allow_hub"],
-                       progress=pytestconfig.getoption("verbose") > 0)
+    config = RunConfig.for_pair(pair, **run_config, progress=pytestconfig.getoption("verbose") > 0)
     if pair.test_id not in _RESULTS:
         try:
             reason = "needs --gpu (a CUDA machine; too large for a CPU run)" \
@@ -68,7 +69,7 @@ def result(pair: Any, run_config: dict[str, Any], pytestconfig: pytest.Config) -
             if reason is not None:
                 write_skip(records_dir(pytestconfig), pair, reason)
                 pytest.skip(reason)
-            _RESULTS[pair.test_id] = run(pair, config, refresh=run_config["refresh"])
+            _RESULTS[pair.test_id] = run(pair, config, refresh=pytestconfig.getoption("--refresh"))
         except Exception as err:  # remembered, so the pair's other findings fail fast with the same error
             _RESULTS[pair.test_id] = err
             if not isinstance(err, LoadingError):
@@ -85,7 +86,7 @@ def result(pair: Any, run_config: dict[str, Any], pytestconfig: pytest.Config) -
 
 @pytest.fixture
 def comparable_result(result: Any) -> Any:
-    """The result, skipping findings 2-4 for pairs whose tokenizers differ (the seed fed wrong ids)."""
+    """The result, skipping findings 2-4 for pairs whose tokenizers differ (the post's code fed them wrong ids)."""
     if not result.comparable:
         pytest.skip(f"not comparable: {result.compatibility.reason}")
     return result
@@ -106,9 +107,6 @@ def records_dir(config: pytest.Config) -> Path:
 
 
 # 3. ---------------------------------------------------------------------------------------------
-SIGNIFICANT_DIGITS = 4
-"""Floats are stored to 4 significant digits: readable diffs, and far coarser than CPU-to-CPU noise."""
-
 TOLERANCES: tuple[tuple[str, float, float], ...] = (
     # (key pattern, relative, absolute). A fresh value within tolerance of the stored one is
     # compared as the stored one, so a rounding boundary or another CPU's summation order does not
@@ -141,13 +139,13 @@ def snap_to_stored(fresh: Any, stored: Any, key: str = "") -> Any:
 
 
 class RoundedJSONExtension(JSONSnapshotExtension):
-    """One JSON file per test id and configuration; floats to SIGNIFICANT_DIGITS, NaN as a string."""
+    """One JSON file per test id and configuration; floats via `round_significant`, NaN as a string."""
 
     def serialize(self, data: Any, *, exclude: Any = None, include: Any = None, matcher: Any = None) -> Any:
         def rounding(data: Any, path: Any) -> Any:
             value = matcher(data=data, path=path) if matcher else data
             if isinstance(value, float) and not isinstance(value, bool):
-                return float(f"{value:.{SIGNIFICANT_DIGITS}g}") if math.isfinite(value) else str(value)
+                return round_significant(value) if math.isfinite(value) else str(value)
             return value
 
         return super().serialize(data, exclude=exclude, include=include, matcher=rounding)
@@ -156,7 +154,10 @@ class RoundedJSONExtension(JSONSnapshotExtension):
 @pytest.fixture
 def metrics_snapshot(snapshot: Any, pair: Any, run_config: dict[str, Any], request: pytest.FixtureRequest) -> Any:
     """Compare a dict of metrics with its snapshot for this run configuration (token budget, device, dtype)."""
-    tag = f"{run_config['tokens'] or pair.n_tokens}tok-{run_config['device']}-{run_config['dtype']}"
+    from saetransfer.config import RunConfig
+
+    run = RunConfig.for_pair(pair, **run_config)
+    tag = f"{run.n_tokens}tok-{run.device}-{run.dtype}"
     assertion = snapshot.with_defaults(extension_class=RoundedJSONExtension)(name=tag)
     config = request.config
     updating = config.option.update_snapshots or config.option.update_new_snapshots_only

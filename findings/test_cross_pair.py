@@ -15,17 +15,17 @@ from saetransfer.claims import CROSS_PAIR_CLAIMS, gates
 
 
 def _available_results(registry, run_config):
-    from saetransfer.engine import RunConfig, run
+    from saetransfer.config import RunConfig
+    from saetransfer.engine import run
     from saetransfer.loading import availability
 
     out = {}
     for pair in registry:
-        if pair.needs_gpu and run_config["device"] != "cuda":
+        config = RunConfig.for_pair(pair, **run_config, progress=False)
+        if pair.needs_gpu and config.device != "cuda":
             continue
-        if availability(pair, allow_hub=run_config["allow_hub"]) is not None:
+        if availability(pair, allow_hub=config.allow_hub) is not None:
             continue
-        config = RunConfig(n_tokens=run_config["tokens"] or pair.n_tokens, device=run_config["device"],
-                           dtype=run_config["dtype"], allow_hub=run_config["allow_hub"], progress=False)
         out[pair] = run(pair, config)
     return out
 

@@ -15,7 +15,7 @@ from saetransfer.loading import good_token_pct
 
 @pytest.mark.finding(1)
 def test_finding1_tokenizers(pair, result, metrics_snapshot):
-    """The seed's vocabulary table, and compatibility decided on the ids the evaluation actually uses."""
+    """The post's code's vocabulary table, and compatibility decided on the ids the evaluation actually uses."""
     t, c = result.tokenizer, result.compatibility
     # the seed's arithmetic: good = size - only-here - mismatched, as a percentage of the size
     assert t.good_base_pct == pytest.approx(good_token_pct(t.base_size, t.only_in_base, t.mismatched))

@@ -10,15 +10,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
 def _offline_unless(allow_hub: bool) -> None:
-    if not allow_hub:
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-            os.environ.setdefault(var, "1")
-    os.environ.setdefault("WANDB_MODE", "disabled")
+    from saetransfer.offline import set_offline_environment
+
+    set_offline_environment(allow_hub=allow_hub)
 
 
 def _evidence(args: list[str]) -> int:
@@ -33,16 +31,15 @@ def _evidence(args: list[str]) -> int:
 
 
 def _run(ns: argparse.Namespace) -> int:
-    from saetransfer.engine import RunConfig, run
+    from saetransfer.config import RunConfig
+    from saetransfer.engine import run
     from saetransfer.loading.preflight import check_token_budget, preflight
     from saetransfer.registry import get_pair, load_registry, registry_files
 
     if ns.tokens is not None:
         check_token_budget(ns.tokens)  # before the registry: `--tokens 0` never falls back to the default
     pair = get_pair(load_registry(registry_files(ns.registry)), ns.pair)
-    device = "cuda" if ns.gpu else "cpu"
-    config = RunConfig(n_tokens=pair.n_tokens if ns.tokens is None else ns.tokens, device=device,
-                       dtype="bfloat16" if ns.gpu else "float32", allow_hub=ns.hub, progress=True)
+    config = RunConfig.for_pair(pair, tokens=ns.tokens, gpu=ns.gpu, hub=ns.hub, progress=True)
     for warning in preflight(pair, config):  # here too, not only in the engine: a cached result skips it
         print(f"warning: {warning}", file=sys.stderr)
     result = run(pair, config, refresh=ns.refresh)

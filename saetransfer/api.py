@@ -156,12 +156,11 @@ def evaluate(base: Source, finetune: Source, sae: SaeSpec, hook: str, dataset: S
     goes in `fields`. `tokens` overrides the token budget; `gpu` runs on CUDA in bf16; `hub` allows
     downloads. `save=True` writes the record into `reports/records/`, `records_dir` somewhere else.
     """
-    from saetransfer.engine import RunConfig, run
+    from saetransfer.config import RunConfig
+    from saetransfer.engine import run
 
     pair = make_pair(base, finetune, sae, hook, dataset, **fields)
-    # the same rules as the CLI and the findings (tokens override, cuda/bf16 under gpu)
-    config = RunConfig(n_tokens=tokens or pair.n_tokens, device="cuda" if gpu else "cpu",
-                       dtype="bfloat16" if gpu else "float32", allow_hub=hub, progress=progress)
+    config = RunConfig.for_pair(pair, tokens=tokens, gpu=gpu, hub=hub, progress=progress)
     result = run(pair, config, refresh=refresh)
     claims = evaluate_claims(result, pair)
     record = None

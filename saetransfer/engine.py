@@ -30,6 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saetransfer import metrics, uncertainty
+from saetransfer.config import RunConfig
 from saetransfer.features import feature_transfer, partner_permutation
 from saetransfer.masking import KEPT_FLOOR
 from saetransfer.registry import Pair
@@ -46,21 +47,6 @@ LOGIT_CHUNK_ELEMENTS = 2**26
 TIE_DIGITS = 5
 """Worst-token scores equal to this many significant digits are ordered by (row, position), so the
 committed tables do not reorder on another machine's last-digit noise."""
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """How a pair is evaluated; everything here is part of the cache key."""
-
-    n_tokens: int
-    device: str = "cpu"
-    dtype: str = "float32"
-    allow_hub: bool = False
-    progress: bool = True
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
 
 
 def hook_start_layer(hook: str) -> int:

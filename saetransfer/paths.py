@@ -17,3 +17,13 @@ RECORDS = REPORTS / "records"
 def cache_dir() -> Path:
     """Result cache: `SAETRANSFER_CACHE` if set, else `.cache/saetransfer` in the checkout."""
     return Path(os.environ.get("SAETRANSFER_CACHE", REPO_ROOT / ".cache" / "saetransfer"))
+
+
+def portable_path(path: str | Path) -> str:
+    """Repo-relative inside the checkout, the home folder as '~', else unchanged: so records and
+    reports do not differ between machines. Only a leading path is shortened."""
+    text = str(path)
+    for prefix, short in ((f"{REPO_ROOT}{os.sep}", ""), (f"{Path.home()}{os.sep}", f"~{os.sep}")):
+        if text.startswith(prefix) and len(prefix) > 2:
+            return short + text[len(prefix):]
+    return text

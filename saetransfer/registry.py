@@ -12,11 +12,11 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from saetransfer.paths import DEFAULT_REGISTRY, REPO_ROOT
+from saetransfer.paths import DEFAULT_REGISTRY, portable_path
 
 Verdict = Literal["transfers", "partial", "fails", "not comparable", "unusable", "not judged"]
 VERDICTS: tuple[str, ...] = get_args(Verdict)
@@ -24,14 +24,6 @@ VERDICTS: tuple[str, ...] = get_args(Verdict)
 # ids: lowercase slug, `__` between base and finetune, nothing a shell, `-k` or a file name chokes on
 _PAIR_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*__[a-z0-9][a-z0-9.-]*$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
-
-def display_path(path: Path) -> str:
-    """Repo-relative when inside the checkout, so records and reports do not change between machines."""
-    try:
-        return str(Path(path).relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
 
 
 class RegistryError(ValueError):
@@ -71,8 +63,8 @@ class ModelSource:
     def describe(self) -> str:
         if self.path is not None:
             if self.interpolate_from is not None:
-                return f"{display_path(self.interpolate_from)} + {self.alpha} x ({display_path(self.path)} - it)"
-            return display_path(self.path)
+                return f"{portable_path(self.interpolate_from)} + {self.alpha} x ({portable_path(self.path)} - it)"
+            return portable_path(self.path)
         return f"{self.hub}@{self.revision}" if self.revision else str(self.hub)
 
 
@@ -91,7 +83,7 @@ class SaeSource:
         return self.path is not None
 
     def describe(self) -> str:
-        return display_path(self.path) if self.path is not None else f"{self.release}/{self.sae_id}"
+        return portable_path(self.path) if self.path is not None else f"{self.release}/{self.sae_id}"
 
 
 @dataclass(frozen=True)
@@ -116,7 +108,7 @@ class DatasetSource:
         return self.column in ("input_ids", "tokens")
 
     def describe(self) -> str:
-        return display_path(self.path) if self.path is not None else f"{self.hub}:{self.split}"
+        return portable_path(self.path) if self.path is not None else f"{self.hub}:{self.split}"
 
 
 @dataclass(frozen=True)
@@ -200,6 +192,19 @@ class Pair:
 # parsing
 
 
+def _keys(cls: type, *, rename: Mapping[str, str] | None = None, exclude: Iterable[str] = ()) -> tuple[str, ...]:
+    """The TOML keys of a dataclass: its field names (`rename`: field -> key), less those a file cannot set."""
+    rename = rename or {}
+    return tuple(rename.get(f.name, f.name) for f in fields(cls) if f.name not in exclude)
+
+
+def _default(cls: type, name: str) -> Any:
+    """A field's default, read from the dataclass so that it lives only there."""
+    default = next(f.default for f in fields(cls) if f.name == name)
+    assert default is not MISSING, f"{cls.__name__}.{name} has no plain default"
+    return default
+
+
 def _fail(where: str, message: str) -> RegistryError:
     return RegistryError(f"{where}: {message}")
 
@@ -245,10 +250,10 @@ def _one_of(raw: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
 
 
 def _model(raw: Mapping[str, Any], base_dir: Path, where: str) -> ModelSource:
-    _check_keys(raw, ("hub", "path", "tl_name", "revision", "trust_remote_code", "interpolate_from", "alpha"), where)
+    _check_keys(raw, _keys(ModelSource), where)
     _one_of(raw, ("hub", "path"), where)
     start = _typed(raw, "interpolate_from", str, where)
-    alpha = float(_typed(raw, "alpha", (int, float), where, 1.0))
+    alpha = float(_typed(raw, "alpha", (int, float), where, _default(ModelSource, "alpha")))
     if start is not None and raw.get("path") is None:
         raise _fail(where, "field 'interpolate_from' needs a local 'path' to interpolate towards")
     if start is None and "alpha" in raw:
@@ -260,12 +265,12 @@ def _model(raw: Mapping[str, Any], base_dir: Path, where: str) -> ModelSource:
         path=_path(raw, base_dir, where),
         tl_name=_typed(raw, "tl_name", str, where),
         revision=_typed(raw, "revision", str, where),
-        trust_remote_code=_typed(raw, "trust_remote_code", bool, where, False),
+        trust_remote_code=_typed(raw, "trust_remote_code", bool, where, _default(ModelSource, "trust_remote_code")),
     )
 
 
 def _sae(raw: Mapping[str, Any], base_dir: Path, where: str) -> SaeSource:
-    _check_keys(raw, ("name", "release", "id", "path"), where)
+    _check_keys(raw, _keys(SaeSource, rename={"sae_id": "id"}), where)
     _one_of(raw, ("release", "path"), where)
     if raw.get("release") is not None and raw.get("id") is None:
         raise _fail(where, "field 'id' is required with 'release' (the SAELens sae_id)")
@@ -283,14 +288,14 @@ def _sae(raw: Mapping[str, Any], base_dir: Path, where: str) -> SaeSource:
 
 
 def _dataset(raw: Mapping[str, Any], base_dir: Path, where: str) -> DatasetSource:
-    _check_keys(raw, ("hub", "path", "config", "split", "column", "revision"), where)
+    _check_keys(raw, _keys(DatasetSource), where)
     _one_of(raw, ("hub", "path"), where)
     return DatasetSource(
         hub=_typed(raw, "hub", str, where),
         path=_path(raw, base_dir, where),
         config=_typed(raw, "config", str, where),
-        split=_typed(raw, "split", str, where, "train"),
-        column=_typed(raw, "column", str, where, "text"),
+        split=_typed(raw, "split", str, where, _default(DatasetSource, "split")),
+        column=_typed(raw, "column", str, where, _default(DatasetSource, "column")),
         revision=_typed(raw, "revision", str, where),
     )
 
@@ -298,7 +303,7 @@ def _dataset(raw: Mapping[str, Any], base_dir: Path, where: str) -> DatasetSourc
 def _outliers(raw: Mapping[str, Any] | None, where: str) -> OutlierPolicy:
     if raw is None:
         return OutlierPolicy()
-    _check_keys(raw, ("relative", "absolute", "absolute_finetune"), where)
+    _check_keys(raw, _keys(OutlierPolicy), where)
     _one_of(raw, ("relative", "absolute"), where)
     relative = _typed(raw, "relative", (int, float), where)
     absolute = _typed(raw, "absolute", (int, float), where)
@@ -318,20 +323,18 @@ def _outliers(raw: Mapping[str, Any] | None, where: str) -> OutlierPolicy:
 def _expectation(raw: Mapping[str, Any] | None, where: str) -> Expectation | None:
     if raw is None:
         return None
-    _check_keys(raw, ("verdict", "source", "extrapolated"), where)
+    _check_keys(raw, _keys(Expectation), where)
     verdict = _typed(raw, "verdict", str, where)
     if verdict not in VERDICTS:
         raise _fail(where, f"field 'verdict' must be one of {list(VERDICTS)}, got {verdict!r}")
     source = _typed(raw, "source", str, where)
     if not source:
         raise _fail(where, "field 'source' is required: say where the expectation comes from")
-    return Expectation(verdict=verdict, source=source, extrapolated=_typed(raw, "extrapolated", bool, where, False))
+    extrapolated = _typed(raw, "extrapolated", bool, where, _default(Expectation, "extrapolated"))
+    return Expectation(verdict=verdict, source=source, extrapolated=extrapolated)
 
 
-_PAIR_KEYS = (
-    "id", "base", "finetune", "sae", "native_sae", "hook", "dataset", "context_size", "prepend_bos",
-    "n_tokens", "batch_size", "seed", "outliers", "expected", "needs_gpu", "description",
-)
+_PAIR_KEYS = _keys(Pair, exclude=("source_file",))  # set from the file's location, never in it
 
 
 def parse_pair(raw: Mapping[str, Any], base_dir: Path, where: str) -> Pair:
@@ -349,8 +352,8 @@ def parse_pair(raw: Mapping[str, Any], base_dir: Path, where: str) -> Pair:
         raise _fail(where, f"field 'hook' must look like 'blocks.6.hook_resid_post', got {hook!r}")
     native = _table(raw, "native_sae", where, required=False)
     positive = {}
-    for key, default in (("context_size", None), ("n_tokens", 65_536), ("batch_size", 8)):
-        value = _typed(raw, key, int, where, default)
+    for key in ("context_size", "n_tokens", "batch_size"):
+        value = _typed(raw, key, int, where, _default(Pair, key))
         if value is not None and value <= 0:
             raise _fail(where, f"field '{key}' must be a positive integer, got {value}")
         positive[key] = value
@@ -363,11 +366,11 @@ def parse_pair(raw: Mapping[str, Any], base_dir: Path, where: str) -> Pair:
         hook=hook,
         dataset=_dataset(_table(raw, "dataset", where) or {}, base_dir, f"{where} field 'dataset'"),
         prepend_bos=_typed(raw, "prepend_bos", bool, where),
-        seed=_typed(raw, "seed", int, where, 0),
+        seed=_typed(raw, "seed", int, where, _default(Pair, "seed")),
         outliers=_outliers(_table(raw, "outliers", where, required=False), f"{where} field 'outliers'"),
         expected=_expectation(_table(raw, "expected", where, required=False), f"{where} field 'expected'"),
-        needs_gpu=_typed(raw, "needs_gpu", bool, where, False),
-        description=_typed(raw, "description", str, where, ""),
+        needs_gpu=_typed(raw, "needs_gpu", bool, where, _default(Pair, "needs_gpu")),
+        description=_typed(raw, "description", str, where, _default(Pair, "description")),
         **positive,
     )
 

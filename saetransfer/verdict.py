@@ -2,36 +2,25 @@
 
 `decide` compares the base SAE on the finetune (`finetune`) with the same SAE on its own model
 (`base`) and, when given, with an SAE trained on the finetune (`native`, Kissane et al.'s reference).
-Every number below is a field of `Thresholds`, where each is documented.
+Every number is a field of `Thresholds`, which carries the published evidence behind it;
+`saetransfer.rules` tabulates them (the report's "How to read" shows that table).
 
 Order of the rules:
 
 1. `not comparable`: the tokenizers differ (`comparable=False`); nothing else is read.
 2. `unusable` (sanity gate, on the base only): the SAE fails an absolute floor on its own model, so it
    is broken (wrong hook, weight processing or normalisation) and "equally broken on both models"
-   must not read as "transfers".
-3. Each line of evidence on the finetune gets a grade, ok / weak / bad, relative to the base.
+   must not read as "transfers". A NaN or impossible base value (EV or KL score above 1, L0 outside
+   [0, d_sae]) fails the gate too: the measurement itself is broken.
+3. Each line of evidence on the finetune gets a grade, ok / weak / bad, relative to the base: the EV
+   ratio, the KL score and CE recovered (drop from the base, gap to the native SAE), the loss delta and,
+   for free-L0 SAEs (ReLU, JumpReLU, gated), the L0 ratio. A TopK SAE's L0 is fixed at k, so its ratio
+   is reported but not graded; SAELens saves a trained BatchTopK SAE as `jumprelu`, judged as JumpReLU.
 4. Any bad line -> `fails`; else any weak line -> `partial`; else `transfers` if there are at least
-   two graded lines and one of them is explained variance or KL score; otherwise `partial`
-   (insufficient evidence: here `partial` means "transfer not established", never "half works").
-
-| rule | metric | value | why |
-|---|---|---|---|
-| gate | EV on the base | >= 0.3 | published base SAEs: 0.67 (post Mistral, global R²) .. 0.97 (post Gemma); Kissane EV 0.682 / 0.745 / 0.776; SAEs on chat data 0.50-0.74. Below 0.3 the SAE misses most of its own model's variance |
-| gate | CE recovered on the base | in [0.7, 1.05] | Kissane's bases 0.956-0.987; a mismatched SAE (Gemma-it SAE on gemma-2b) gives -8.3, base SAE on gemma-it 0.25. Above 1.05 the splice *lowers* the model's own loss, which a faithful reconstruction cannot |
-| gate | KL score on the base | >= 0.7 | same normalisation as CE recovered (fraction of the zero-ablation damage undone); no published KL for these pairs |
-| gate | loss delta on the base | in [-0.05, 1.5] nats | published 0.11-0.51 nats (post 0.15 / 0.51; Kissane 0.11 / 0.36 / 0.45) |
-| gate | L0 on the base | >= 1 and <= 0.25 d_sae | the post expects L0/d_sae < 0.01; published SAEs <= 0.004, the CPU prototype's TopK 0.03; Kissane's mismatched SAE 0.21 |
-| gate | any base metric | NaN or impossible (EV or KL score > 1, L0 > d_sae) | an undefined number on the SAE's own model means the measurement is broken |
-| EV | finetune / base ratio | ok >= 0.75, bad < 0.5 | transfers: 0.86 (post Mistral), 0.89 (Kissane Mistral), 0.80 (Qwen), 0.76 / 0.92 (chat SAEs on the bases); failures negative (Gemma -10.3 / -15). A ratio, not a difference, because base EVs range 0.5-0.98 and the global R² and per-dimension EV are normalised differently; the gate keeps the base positive, so a negative finetune EV gives a negative ratio (bad) |
-| KL score | drop base - finetune | ok <= 0.03, bad > 0.10 | the CE-recovered bands (same normalisation); KL to the finetune's own logits is what CE recovered cannot fake |
-| CE recovered | drop base - finetune | ok <= 0.03, bad > 0.10 | transfers: -0.010 .. +0.022 (Kissane, both directions); failure 0.70 (Gemma-it) |
-| CE recovered | gap native - finetune | ok <= 0.02, bad > 0.10 | Kissane: transfer = within 0.01-0.02 of the native SAE (Mistral 0.989 vs 0.990; Qwen 0.976 vs 0.958) |
-| CE recovered | finetune value | > 1.05 is weak | the splice lowers the finetune's loss: it pulls the model back toward the base (the design's prototype: 1.17 on a code finetune) |
-| loss delta | finetune vs base | weak if > 2x base and > +0.1 nats; bad if > 5x and > +0.5 nats; < -0.05 nats is weak | transfers 0.66-1.07x (post Mistral 0.15 -> 0.16, Kissane 0.114 -> 0.098, 0.363 -> 0.239); failures 8.3x / +3.7 (post Gemma) and 15.6x / +6.5 (Kissane Gemma). Kissane's Mistral chat SAE on the base model (3.3x, +0.195) lands in between: `partial`. The +0.1 nats floor keeps noise on a tiny base delta from counting |
-| L0 (ReLU, JumpReLU, gated) | finetune / base ratio | ok in [1/2, 2], bad outside [1/4, 4] | transfers 0.71-1.58 (Kissane, both directions; post Mistral 1.08); failures x5.6 (gemma-2b SAE on gemma-it) and x115 (the reverse). The lower side mirrors the upper one in log scale; no published case |
-| L0 (TopK, BatchTopK) | ratio | ignored | L0 is fixed at k by construction, so its ratio carries no signal. SAELens saves a trained BatchTopK SAE as `jumprelu` (learned thresholds), which is judged as JumpReLU |
-| evidence | graded lines | >= 2, one of EV or KL score | CE recovered and the loss delta can be fooled (> 1 when the splice pulls a finetune toward the base) and EV can flatter (normalised by the evaluated model's own variance), so none of them alone says `transfers` |
+   `min_lines_of_evidence` graded lines and one of them is explained variance or KL score; otherwise
+   `partial` (insufficient evidence: here `partial` means "transfer not established", never "half
+   works"). CE recovered and the loss delta can be fooled (the splice can pull a finetune toward the
+   base) and EV can flatter, so none of them alone says `transfers`.
 
 Missing metrics (None) are skipped and listed in the reasons. NaN or impossible values on the finetune
 are treated as missing with a flag (never as passing); on the base they fail the gate. When the base
@@ -41,15 +30,15 @@ A native value is used only if it passes the base floors itself.
 
 Monotonicity: lowering the finetune's EV or KL score, or raising a ReLU SAE's L0 blow-up, never
 improves the verdict. CE recovered and the loss delta are deliberately not monotone: values that look
-*better* than clean (CE recovered > 1.05, loss delta < -0.05) are flagged weak.
+*better* than clean (CE recovered above `max_ce_loss_score`, loss delta below `min_ce_delta`) are flagged weak.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
-from typing import Literal
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
 
 from saetransfer.results import Comparisons, Estimate, Line, VerdictResult
 
@@ -77,57 +66,119 @@ class SaeQuality:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """Why a threshold has its value: the rule it sets and the published numbers behind it."""
+
+    group: str
+    """The rule it belongs to: `gate` (the SAE on its own model) or the line of evidence it grades."""
+    metric: str
+    """What is compared."""
+    rule: str
+    """How the value is used: a format string, `{x}` the value, `{field_name}` another threshold's."""
+    source: str
+    """The published numbers (paper, post, library) that put the value there."""
+
+
+def _threshold(default: int | float, group: str, metric: str, rule: str, source: str) -> Any:
+    """A `Thresholds` field whose evidence travels with it (dataclass metadata), so the table cannot drift."""
+    return field(default=default, metadata={"evidence": Evidence(group, metric, rule, source)})
+
+
+@dataclass(frozen=True)
 class Thresholds:
-    """Every number the verdict uses; the module docstring tabulates them with their sources."""
+    """Every number the verdict uses, each with its `Evidence` (`saetransfer.rules` tabulates them).
+
+    "The post" is Kutsyk et al. 2024 (§4.3 tables); "Kissane et al." is their 2024 report and the
+    `results/*.json` of github.com/ckkissane/sae-transfer; "the early CPU run" is this project's
+    unpublished feasibility run (a TopK SAE, k=32, on a 4-layer GPT-2 and its code finetune).
+    """
 
     # -- sanity gate: the SAE on its own (base) model --
-    base_min_explained_variance: float = 0.3
-    """Published base SAEs: 0.67-0.97 (post, global R²), 0.68-0.78 (Kissane, EV), 0.50-0.74 on chat data."""
-    base_min_ce_loss_score: float = 0.7
-    """Kissane's base SAEs recover 0.956-0.987; mismatched SAEs give 0.25 and -8.3."""
-    base_min_kl_div_score: float = 0.7
-    """No published KL for these pairs; same normalisation as CE recovered, so the same floor."""
-    base_max_ce_delta: float = 1.5
-    """Published base loss deltas are 0.11-0.51 nats (post Mistral 0.15, Gemma 0.51; Kissane <= 0.45)."""
-    base_min_l0: float = 1.0
-    """Fewer than one active latent per token cannot reconstruct anything."""
-    base_max_l0_fraction: float = 0.25
-    """L0 / d_sae. The post expects < 0.01, published SAEs sit below 0.004 (CPU prototype TopK 0.03); a quarter is not sparse."""
+    base_min_explained_variance: float = _threshold(
+        0.3, "gate", "EV on the base", "unusable if < {x}",
+        "published base SAEs 0.67 (the post, Mistral, global R²) .. 0.97 (the post, Gemma); Kissane et al. "
+        "0.682 / 0.745 / 0.776; their SAEs on chat data 0.50-0.74. Below 0.3 the SAE misses most of its own "
+        "model's variance")
+    base_min_ce_loss_score: float = _threshold(
+        0.7, "gate", "CE recovered on the base", "unusable if < {x}",
+        "Kissane et al.'s base SAEs recover 0.956-0.987; mismatched SAEs give 0.25 (base SAE on Gemma-it) "
+        "and -8.3 (Gemma-it SAE on gemma-2b)")
+    base_min_kl_div_score: float = _threshold(
+        0.7, "gate", "KL score on the base", "unusable if < {x}",
+        "no published KL score for these pairs; the same normalisation as CE recovered (fraction of the "
+        "zero-ablation damage undone), so the same floor")
+    base_max_ce_delta: float = _threshold(
+        1.5, "gate", "loss delta on the base (nats)", "unusable if > {x}",
+        "published base loss deltas 0.11-0.51 nats (the post 0.15 / 0.51; Kissane et al. 0.11 / 0.36 / 0.45)")
+    base_min_l0: float = _threshold(
+        1.0, "gate", "L0 on the base", "unusable if < {x}",
+        "fewer than one active latent per token cannot reconstruct anything")
+    base_max_l0_fraction: float = _threshold(
+        0.25, "gate", "L0 / d_sae on the base", "unusable if > {x}",
+        "the post expects L0/d_sae < 0.01; published SAEs sit below 0.004 (the early CPU run's TopK 0.03); "
+        "Kissane et al.'s mismatched SAE 0.21. A quarter is not sparse")
 
     # -- both sides: values that look better than clean --
-    max_ce_loss_score: float = 1.05
-    """Above this the splice lowers the loss: on the finetune it pulls the model back toward the base
-    (prototype code finetune: 1.17); on the base it means the measurement is broken."""
-    min_ce_delta: float = -0.05
-    """The loss-delta form of the same check, in nats (noise on the tiny zoo is about 0.01)."""
+    max_ce_loss_score: float = _threshold(
+        1.05, "CE recovered", "CE recovered (finetune; base: gate)", "weak if > {x}; on the base unusable",
+        "above 1 the splice lowers the model's own loss, which a faithful reconstruction cannot: on a finetune "
+        "it pulls the model back toward the base (the early CPU run's code finetune: 1.17); Kissane et al.'s "
+        "bases 0.956-0.987")
+    min_ce_delta: float = _threshold(
+        -0.05, "loss delta", "loss delta (nats; base: gate)", "weak if < {x}; on the base unusable",
+        "the loss-delta form of the same check; noise on the tiny zoo is about 0.01 nats")
 
     # -- finetune relative to base --
-    ev_ratio_ok: float = 0.75
-    """EV finetune / base. Published transfers 0.76-0.92 (Kissane; post Mistral 0.86)."""
-    ev_ratio_bad: float = 0.5
-    """Less than half the base's explained variance; published failures are negative (-10.6, -19)."""
-    score_drop_ok: float = 0.03
-    """CE recovered / KL score, base - finetune. Published transfers: -0.010 .. +0.022."""
-    score_drop_bad: float = 0.10
-    """A tenth of the zero-ablation damage no longer undone; Gemma-it drops 0.70."""
-    native_gap_ok: float = 0.02
-    """CE recovered / KL score, native SAE - base SAE on the finetune: Kissane's 0.01-0.02."""
-    native_gap_bad: float = 0.10
-    """As `score_drop_bad`; Gemma-it is 0.74 below its native SAE."""
-    l0_ratio_ok: float = 2.0
-    """L0 finetune / base for free-L0 SAEs, ok within [1/x, x]. Published transfers 0.71-1.58."""
-    l0_ratio_bad: float = 4.0
-    """Bad outside [1/x, x]. The smallest published failure is x5.6 (Gemma-it)."""
-    ce_delta_ratio_ok: float = 2.0
-    """Loss delta finetune / base; published transfers 0.66-1.07x."""
-    ce_delta_ratio_bad: float = 5.0
-    """Published failures 8.3x (post Gemma) and 15.6x (Kissane Gemma)."""
-    ce_delta_excess_ok: float = 0.1
-    """Nats over the base's delta that never count against, so a tiny base delta cannot make noise a blow-up."""
-    ce_delta_excess_bad: float = 0.5
-    """Nats over the base's delta needed for bad; published failures +3.7 and +6.5."""
-    min_lines_of_evidence: int = 2
-    """Graded lines needed for `transfers`; one must be EV or KL score (CE alone can be fooled)."""
+    ev_ratio_ok: float = _threshold(
+        0.75, "EV", "EV finetune / base", "ok if >= {x}",
+        "published transfers 0.86 (the post, Mistral), 0.89 (Kissane et al., Mistral), 0.80 (Qwen), 0.76 / "
+        "0.92 (chat SAEs on the bases). A ratio, not a difference: base EVs range 0.5-0.98 and the post's "
+        "global R² and SAELens's per-dimension EV are normalised differently")
+    ev_ratio_bad: float = _threshold(
+        0.5, "EV", "EV finetune / base", "bad if < {x}",
+        "less than half the base's explained variance; published failures are negative: ratio -10.6 (the "
+        "post, Gemma python-codes) and -19 (Kissane et al., Gemma-it). The gate keeps the base positive, so a "
+        "negative finetune EV gives a negative ratio")
+    score_drop_ok: float = _threshold(
+        0.03, "CE recovered, KL score", "drop base - finetune", "ok if <= {x}",
+        "published transfers -0.010 .. +0.022 (Kissane et al., both directions); the KL score shares CE "
+        "recovered's normalisation and cannot be faked by pulling toward the base")
+    score_drop_bad: float = _threshold(
+        0.10, "CE recovered, KL score", "drop base - finetune", "bad if > {x}",
+        "a tenth of the zero-ablation damage no longer undone; the published failure (Gemma-it) drops 0.70")
+    native_gap_ok: float = _threshold(
+        0.02, "CE recovered, KL score", "gap native SAE - base SAE on the finetune", "ok if <= {x}",
+        "Kissane et al.: transfer = within 0.01-0.02 of the finetune's own SAE (Mistral 0.989 vs 0.990; "
+        "Qwen 0.976 vs 0.958)")
+    native_gap_bad: float = _threshold(
+        0.10, "CE recovered, KL score", "gap native SAE - base SAE on the finetune", "bad if > {x}",
+        "as the drop; Gemma-it is 0.74 below its native SAE (Kissane et al.)")
+    l0_ratio_ok: float = _threshold(
+        2.0, "L0 (ReLU, JumpReLU, gated)", "L0 finetune / base", "ok within [1/{x}, {x}]",
+        "published transfers 0.71-1.58 (Kissane et al., both directions; the post, Mistral, 1.08); the lower "
+        "side mirrors the upper one in log scale (no published case)")
+    l0_ratio_bad: float = _threshold(
+        4.0, "L0 (ReLU, JumpReLU, gated)", "L0 finetune / base", "bad outside [1/{x}, {x}]",
+        "the smallest published failure is x5.6 (gemma-2b SAE on Gemma-it; the reverse is x115, Kissane et al.)")
+    ce_delta_ratio_ok: float = _threshold(
+        2.0, "loss delta", "loss delta finetune / base", "weak if > {x}x the base's and > +{ce_delta_excess_ok} nats over it",
+        "published transfers 0.66-1.07x (the post, Mistral 0.15 -> 0.16; Kissane et al. 0.114 -> 0.098, "
+        "0.363 -> 0.239); Kissane et al.'s Mistral chat SAE on the base (3.3x, +0.195 nats) lands in between: "
+        "partial")
+    ce_delta_ratio_bad: float = _threshold(
+        5.0, "loss delta", "loss delta finetune / base", "bad if > {x}x the base's and > +{ce_delta_excess_bad} nats over it",
+        "published failures 8.3x (the post, Gemma) and 15.6x (Kissane et al., Gemma)")
+    ce_delta_excess_ok: float = _threshold(
+        0.1, "loss delta", "loss delta finetune - base (nats)", "never weak if <= +{x} nats",
+        "keeps noise on a tiny base delta from counting as a blow-up")
+    ce_delta_excess_bad: float = _threshold(
+        0.5, "loss delta", "loss delta finetune - base (nats)", "never bad if <= +{x} nats",
+        "published failures +3.7 (the post, Gemma) and +6.5 nats (Kissane et al., Gemma)")
+    min_lines_of_evidence: int = _threshold(
+        2, "evidence", "graded lines, one of them EV or KL score", "transfers needs >= {x}",
+        "CE recovered and the loss delta can be fooled (above 1 when the splice pulls a finetune toward the "
+        "base) and EV can flatter (normalised by the evaluated model's own variance), so none of them alone "
+        "says transfers")
 
     # -- uncertainty --
     agreement: float = 0.975

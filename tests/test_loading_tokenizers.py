@@ -1,4 +1,4 @@
-"""Tokenizer comparison reproduces the seed's table; compatibility is decided on the sample's ids."""
+"""Tokenizer comparison reproduces the post's code's table; compatibility is decided on the sample's ids."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def load(directory: Path):
     (100, 0, 0, 100.0),
 ])
 def test_good_token_pct_matches_the_seed(size: int, only: int, mismatched: int, expected: float) -> None:
-    """The seed's good-token percentage, already in percent (0.00398 means 0.00398 %)."""
+    """The post's code's good-token percentage, already in percent (0.00398 means 0.00398 %)."""
     assert good_token_pct(size, only, mismatched) == pytest.approx(expected, abs=5e-6)
 
 

@@ -1,15 +1,15 @@
 """Verdict rules, grounded in published numbers (the post's §4.3 and Kissane et al.'s tables).
 
-Sources (see /work/shared/reference): post = Kutsyk et al. §4.3 tables (post-and-repo.md A.3/A.4);
-Kissane = `results/sae_transfer_results_post.json` and `alpaca_sae_transfer_results.json` of
-ckkissane/sae-transfer (peers.md §1). In a Kissane row, `base` is the SAE on the model it was trained
+Sources: post = Kutsyk et al. 2024, "Do Sparse Autoencoders (SAEs) transfer across base and finetuned
+language models?" (LessWrong, bsXPTiAhhwt5nwBW3), §4.3-§5 tables; Kissane = Kissane et al. 2024, "SAEs
+(usually) transfer between base and chat models" (Alignment Forum), numbers from
+`results/sae_transfer_results_post.json` and `alpaca_sae_transfer_results.json` of
+github.com/ckkissane/sae-transfer. In a Kissane row, `base` is the SAE on the model it was trained
 on, `finetune` the same SAE on the other model, `native` the other model's own SAE.
 """
 
 from __future__ import annotations
 
-import ast
-import inspect
 import json
 import math
 from dataclasses import fields, replace
@@ -25,7 +25,7 @@ from saetransfer.verdict import Evidence, SaeQuality, Thresholds, VerdictResult,
 Q = SaeQuality
 RANK = {"fails": 0, "partial": 1, "transfers": 2}
 
-# Kissane et al., pile-style data, outliers filtered (peers.md §1 table): SAE on model.
+# Kissane et al., pile-style data, outliers filtered (their results table): SAE on model.
 MISTRAL_BASE_ON_BASE = Q(explained_variance=0.682, l0=95.2, ce_loss_score=0.987, ce_delta=0.114, d_sae=131072)
 MISTRAL_BASE_ON_CHAT = Q(explained_variance=0.610, l0=126.1, ce_loss_score=0.989, ce_delta=0.098)
 MISTRAL_CHAT_ON_CHAT = Q(explained_variance=0.692, l0=101.7, ce_loss_score=0.990, ce_delta=0.085, d_sae=131072)
@@ -43,7 +43,9 @@ POST_MISTRAL_BASE = Q(explained_variance=0.67, l0=83.37, ce_delta=0.15, d_sae=65
 POST_MISTRAL_METAMATH = Q(explained_variance=0.58, l0=90.22, ce_delta=0.16)
 POST_GEMMA_BASE = Q(explained_variance=0.97, l0=53.59, ce_delta=0.51, d_sae=16384)
 POST_GEMMA_PYTHON = Q(explained_variance=-10.27, l0=84.74, ce_delta=4.21)
-# Other base SAEs that work: the post's repo GPT-2 small (A.6) and the CPU prototype's TopK SAE.
+# Other base SAEs that work: GPT-2 small in the post's code (github.com/tommasomncttn/SAE-Transferability,
+# notebooks/4_sae_eval.ipynb outputs) and this project's early CPU feasibility run (TopK, k=32, d_sae 1024;
+# unpublished, numbers as measured).
 GPT2_SMALL_BASE = Q(explained_variance=0.933, l0=49.5, ce_delta=0.15, d_sae=24576)
 PROTOTYPE_TOPK_BASE = Q(explained_variance=0.982, l0=32, ce_loss_score=0.998, ce_delta=0.005, d_sae=1024)
 
@@ -174,7 +176,7 @@ def test_ev_ratio_between_the_bands_is_partial() -> None:
 
 
 def test_kl_catches_what_ev_flatters() -> None:
-    # DESIGN.md: on a base -> code ladder EV first rose (0.81 -> 0.86) while the model moved away.
+    # Seen while designing the zoo: on a base -> code ladder EV first rose (0.81 -> 0.86) while the model moved away.
     base = Q(explained_variance=0.81, kl_div_score=0.95, d_sae=1024)
     result = decide(base=base, finetune=Q(explained_variance=0.86, kl_div_score=0.70), architecture="topk")
     assert result.verdict == "fails"
@@ -182,7 +184,7 @@ def test_kl_catches_what_ev_flatters() -> None:
 
 
 def test_ce_recovered_above_one_is_flagged_and_never_enough_alone() -> None:
-    # The CPU prototype's code finetune: CE recovered 1.17 (the splice pulls it back toward the base).
+    # The early CPU feasibility run's code finetune: CE recovered 1.17 (the splice pulls it back toward the base).
     base = Q(ce_loss_score=0.998, d_sae=1024)
     pulled = decide(base=base, finetune=Q(ce_loss_score=1.17), architecture="topk")
     assert pulled.verdict == "partial"
@@ -205,7 +207,8 @@ def test_ev_alone_is_insufficient() -> None:
 
 
 def test_infinite_loss_on_the_finetune_fails() -> None:
-    # The post's Gemma finetune produced inf substitution losses in fp16 (post-and-repo.md E.3).
+    # The post's Gemma finetune produced inf substitution losses in fp16 (the post's code,
+    # `notebooks/task4_gemma.ipynb` at commit b7297db: substitution mean inf).
     result = decide(base=GOOD, finetune=replace(GOOD, ce_delta=math.inf), architecture="standard")
     assert result.verdict == "fails"
     assert result.reasons[0] == "fails: bad on loss delta"
@@ -276,16 +279,6 @@ def test_inconsistent_thresholds_are_refused() -> None:
         Thresholds(ev_ratio_ok=0.4)
     with pytest.raises(ValueError, match="positive"):
         Thresholds(base_min_explained_variance=0.0)
-
-
-def test_every_threshold_is_documented() -> None:
-    """Each Thresholds field has a docstring under it and its value appears in the module's rule table."""
-    tree = ast.parse(inspect.getsource(Thresholds))
-    body = tree.body[0].body
-    documented = {node.target.id for node, after in zip(body, body[1:]) if isinstance(node, ast.AnnAssign)
-                  and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)}
-    assert documented == {f.name for f in fields(Thresholds)}
-    assert "| gate |" in verdict_module.__doc__ and "| L0 (TopK, BatchTopK) |" in verdict_module.__doc__
 
 
 # --------------------------------------------------------------------------------------------------

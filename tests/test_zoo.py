@@ -97,3 +97,14 @@ def test_committed_zoo_spans_the_verdicts() -> None:
 @pytest.mark.filterwarnings(SAE_KWARGS_WARNING)
 def test_committed_zoo_loads_offline() -> None:
     _check_loadable(ZOO)
+
+
+def test_manifest_tokenizer_comparison_is_reproduced_by_the_one_implementation() -> None:
+    """The zoo writes `loading.compare_tokenizers` under the manifest's keys: a rebuild leaves them byte-identical."""
+    from saetransfer.zoo.tokenizer import load_tokenizer, manifest_comparison
+
+    retok = json.loads((ZOO / "manifest.json").read_text())["pairs"]["tiny-gpt2__retok"]
+    base = load_tokenizer(ZOO / "models" / "base")
+    for key, other in (("tokenizer_comparison", "retok"), ("math_tokenizer_comparison_for_contrast", "math")):
+        fresh = manifest_comparison(base, load_tokenizer(ZOO / "models" / other))
+        assert json.dumps(fresh) == json.dumps(retok[key]), key

@@ -17,7 +17,8 @@ from saetransfer.loading.hub import (
     MODEL_FILES, PICKLE_WEIGHTS, TOP_LEVEL_ONLY, cached_snapshot, describe_path, env_offline, has_files,
     has_token, is_gated, offline_reason,
 )
-from saetransfer.registry import DatasetSource, ModelSource, Pair, SaeSource, display_path
+from saetransfer.paths import portable_path
+from saetransfer.registry import DatasetSource, ModelSource, Pair, SaeSource
 
 Source = ModelSource | SaeSource | DatasetSource
 WEIGHT_FILES: tuple[str, ...] = ("*.safetensors", *PICKLE_WEIGHTS)
@@ -29,7 +30,7 @@ SAE_WEIGHTS = "sae_weights.safetensors"
 
 def where(pair: Pair, role: str) -> str:
     """`registry entry 'id' (file), field 'role'`: what a user needs to find the line to fix."""
-    file = f" ({display_path(pair.source_file)})" if pair.source_file is not None else ""
+    file = f" ({portable_path(pair.source_file)})" if pair.source_file is not None else ""
     return f"registry entry {pair.id!r}{file}, field {role!r}"
 
 
@@ -88,18 +89,18 @@ def _local_problem(path: Path, source: Source, *, needs_tokenizer: bool) -> str 
         return f"{describe_path(path)}; fix the path (relative paths are relative to the registry file)"
     if isinstance(source, ModelSource):
         if not (path / "config.json").is_file():
-            return f"{display_path(path)} has no config.json (not a HF checkpoint dir; `save_pretrained` writes one)"
+            return f"{portable_path(path)} has no config.json (not a HF checkpoint dir; `save_pretrained` writes one)"
         if not has_files(path, WEIGHT_FILES):
-            return (f"{display_path(path)} has config.json but no weights (model.safetensors, safetensors shards or "
+            return (f"{portable_path(path)} has config.json but no weights (model.safetensors, safetensors shards or "
                     "pytorch_model.bin); copy them in (`model.save_pretrained` writes them)")
         if needs_tokenizer and not has_files(path, TOKENIZER_MARKERS):
-            return (f"{display_path(path)} holds no tokenizer files ({', '.join(TOKENIZER_MARKERS)}); "
+            return (f"{portable_path(path)} holds no tokenizer files ({', '.join(TOKENIZER_MARKERS)}); "
                     "save the tokenizer there (`tokenizer.save_pretrained`)")
     if isinstance(source, SaeSource):
         if not (path / "cfg.json").is_file():
-            return f"{display_path(path)} has no cfg.json (not a SAELens SAE dir; `sae.save_model` writes one)"
+            return f"{portable_path(path)} has no cfg.json (not a SAELens SAE dir; `sae.save_model` writes one)"
         if not (path / SAE_WEIGHTS).is_file():
-            return f"{display_path(path)} has cfg.json but no {SAE_WEIGHTS}; copy it in (`sae.save_model` writes it)"
+            return f"{portable_path(path)} has cfg.json but no {SAE_WEIGHTS}; copy it in (`sae.save_model` writes it)"
     return None
 
 

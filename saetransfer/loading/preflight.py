@@ -29,7 +29,8 @@ from saetransfer.loading.errors import (
 )
 from saetransfer.loading.hub import MODEL_FILES, TOP_LEVEL_ONLY, cached_snapshot
 from saetransfer.masking import KEPT_FLOOR
-from saetransfer.registry import ModelSource, Pair, SaeSource, display_path
+from saetransfer.paths import portable_path
+from saetransfer.registry import ModelSource, Pair, SaeSource
 
 RESIDUAL_HOOKS: tuple[str, ...] = ("hook_resid_pre", "hook_resid_post")
 """What the engine splices at: its second pass restarts the model at a block boundary
@@ -203,7 +204,7 @@ def sae_shape(folder: Path, label: str, *, local: bool) -> SaeShape | None:
         for name, want in expected.items():
             if name in shapes and shapes[name] != want:
                 raise SaeMismatchError(
-                    f"{label}: {display_path(cfg_file)} says d_in {d_in}, d_sae {d_sae}, but {SAE_WEIGHTS} holds "
+                    f"{label}: {portable_path(cfg_file)} says d_in {d_in}, d_sae {d_sae}, but {SAE_WEIGHTS} holds "
                     f"{name} of shape {list(shapes[name])} (expected {list(want)}): cfg.json and the weights come "
                     "from different SAEs; save the SAE again (`sae.save_model`) or fix d_in/d_sae")
     if not local:  # a release's metadata may be overridden by SAELens's pretrained_saes.yaml: not read here
@@ -275,7 +276,7 @@ def _model(pair: Pair, role: str, source: ModelSource) -> ModelShape | None:
             _read_json(folder / name, label)
     if source.interpolate_from is not None:
         start = Path(source.interpolate_from)
-        _check_interpolable(pair, role, source, model_shape(start, f"{label} (interpolate_from)", display_path(start)),
+        _check_interpolable(pair, role, source, model_shape(start, f"{label} (interpolate_from)", portable_path(start)),
                             shape)
     return shape
 
@@ -296,8 +297,8 @@ def _check_interpolable(pair: Pair, role: str, source: ModelSource, start: Model
             k for k in sorted(start.weights) if start.weights[k] != end.weights[k]][:3]
     if differ:
         raise UnsupportedArchitectureError(
-            f"{where(pair, role)}: cannot interpolate from {display_path(Path(source.interpolate_from or ''))} to "
-            f"{display_path(Path(source.path or ''))}: they differ in {differ}; "
+            f"{where(pair, role)}: cannot interpolate from {portable_path(Path(source.interpolate_from or ''))} to "
+            f"{portable_path(Path(source.path or ''))}: they differ in {differ}; "
             "interpolate_from must be a checkpoint of the same architecture and size")
 
 
@@ -331,7 +332,7 @@ def _same_tokenizer(base: ModelSource, finetune: ModelSource) -> bool:
 
 
 def _shown(source: ModelSource, folder: Path) -> str:
-    return display_path(folder) if source.is_local else f"{source.hub} (HF cache)"
+    return portable_path(folder) if source.is_local else f"{source.hub} (HF cache)"
 
 
 def _split_hook(hook: str, label: str) -> tuple[int, str]:
@@ -345,10 +346,10 @@ def _read_json(path: Path, label: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UnreadableFileError(f"{label}: {display_path(path)} is not readable JSON ({err}); "
+        raise UnreadableFileError(f"{label}: {portable_path(path)} is not readable JSON ({err}); "
                                   "restore it from the original checkpoint") from err
     if not isinstance(data, dict):
-        raise UnreadableFileError(f"{label}: {display_path(path)} holds a JSON {type(data).__name__}, not an object")
+        raise UnreadableFileError(f"{label}: {portable_path(path)} holds a JSON {type(data).__name__}, not an object")
     return data
 
 
@@ -358,7 +359,7 @@ def _weight_shapes(folder: Path, label: str) -> dict[str, tuple[int, ...]]:
         shards = sorted(set(_read_json(index, label).get("weight_map", {}).values()))
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
-            raise MissingPathError(f"{label}: {display_path(index)} names shards that are absent: {missing[:3]}; "
+            raise MissingPathError(f"{label}: {portable_path(index)} names shards that are absent: {missing[:3]}; "
                                    "copy or download them again")
     shapes: dict[str, tuple[int, ...]] = {}
     for file in sorted(folder.glob("*.safetensors")):
@@ -375,5 +376,5 @@ def _header(file: Path, label: str) -> dict[str, tuple[int, ...]]:
             return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except (SafetensorError, OSError) as err:
         raise UnreadableFileError(
-            f"{label}: {display_path(file)} is not a readable safetensors file ({err}); it is probably truncated "
+            f"{label}: {portable_path(file)} is not a readable safetensors file ({err}); it is probably truncated "
             "or still being copied: copy or download it again") from err

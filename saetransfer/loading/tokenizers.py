@@ -1,7 +1,8 @@
 """Are the base's token ids safe to feed the finetune? Vocabulary comparison and compatibility.
 
-`compare_tokenizers` reproduces the seed's informational table (post-and-repo.md §B.2) exactly.
-`check_compatible` is the decision the seed never made: every id that occurs in the evaluation
+`compare_tokenizers` reproduces the informational table of the post's code exactly (`compare_tokenizers` in
+`saetuning/get_results.py` of github.com/tommasomncttn/SAE-Transferability).
+`check_compatible` is the decision the post's code never made: every id that occurs in the evaluation
 sample must map to the same token string in both tokenizers (the finetune is fed the base's ids).
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Int
@@ -18,16 +19,17 @@ from torch import Tensor
 from saetransfer.loading.errors import IncompatibleTokenizersError
 
 MAX_KEYS = 50
-"""Differing keys kept per list in a comparison (the seed logged all of them to a file)."""
+"""Differing keys kept per list in a comparison (the post's code logged all of them to a file)."""
 MAX_EXAMPLES = 10
 
 
+@runtime_checkable  # the shape-checking hook checks arguments against it
 class HasVocab(Protocol):
     def get_vocab(self) -> dict[str, int]: ...
 
 
 def good_token_pct(size: int, only_here: int, mismatched: int) -> float:
-    """The seed's "Good Tokens (%)": (|vocab| - |keys only here| - |mismatched ids|) / |vocab| x 100.
+    """The post's code's "Good Tokens (%)": (|vocab| - |keys only here| - |mismatched ids|) / |vocab| x 100.
 
     Already a percentage: GPT-2 vs GPT-2-Portuguese gives (50257 - 37309 - 12946) / 50257 x 100
     = 0.00398 (two tokens), not 0.4 %.
@@ -39,7 +41,7 @@ def good_token_pct(size: int, only_here: int, mismatched: int) -> float:
 
 @dataclass(frozen=True)
 class TokenizerComparison:
-    """The seed's vocabulary comparison, plus the first differing keys (sorted)."""
+    """The post's code's vocabulary comparison, plus the first differing keys (sorted)."""
 
     base_size: int
     finetune_size: int
@@ -82,7 +84,7 @@ def compare_vocabs(base: Mapping[str, int], finetune: Mapping[str, int], *,
 
 
 def compare_tokenizers(base_tok: HasVocab, ft_tok: HasVocab) -> TokenizerComparison:
-    """The seed's tokenizer comparison (sizes, keys only on one side, mismatched ids, good-token %)."""
+    """The post's code's tokenizer comparison (sizes, keys only on one side, mismatched ids, good-token %)."""
     return compare_vocabs(base_tok.get_vocab(), ft_tok.get_vocab())
 
 

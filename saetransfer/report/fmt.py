@@ -12,9 +12,8 @@ import re
 from typing import Any
 
 from saetransfer.results import Estimate
+from saetransfer.rounding import SIGNIFICANT_DIGITS
 
-SIG = 4
-"""Significant digits shown for metrics (snapshots round to the same)."""
 MISSING = "—"
 """A value that was not computed (a section is None, or the record predates the key)."""
 UNDEFINED = "n/a"
@@ -26,7 +25,7 @@ _UNDERSCORES = re.compile(r"_+")
 _CONTROL = {i: chr(0x2400 + i) for i in range(0x20)} | {0x7F: "\u2421"}
 
 
-def num(value: Any, sig: int = SIG) -> str:
+def num(value: Any, sig: int = SIGNIFICANT_DIGITS) -> str:
     """`sig` significant digits with trailing zeros kept (0.99996 -> '1.000', not '1'); NaN -> 'n/a'."""
     if value is None:
         return MISSING
@@ -47,7 +46,7 @@ def num(value: Any, sig: int = SIG) -> str:
 
 
 def pct(value: float | None) -> str:
-    """A percentage that is already x100 (the good-token %), up to 6 digits: 99.9996, 0.00398."""
+    """A percentage that is already x100 (the post's code's good-token %), up to 6 digits: 99.9996, 0.00398."""
     return num(value) if value is None or not math.isfinite(value) else f"{value:.6g} %"
 
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from saetransfer.claims import ClaimOutcome
 from saetransfer.files import write_atomic
-from saetransfer.paths import REPO_ROOT
+from saetransfer.paths import portable_path
 from saetransfer.registry import Pair
 from saetransfer.report.stable import committed_form
 from saetransfer.results import PairResult
@@ -94,17 +93,12 @@ def _claims(value: Any) -> tuple[ClaimOutcome, ...]:
 
 
 def portable(value: Any) -> Any:
-    """Paths in the checkout shown repo-relative, the home folder as '~': the report must not differ by machine."""
+    """Every string of a nested value through `paths.portable_path`: the report must not differ by machine."""
     if isinstance(value, dict):
         return {k: portable(v) for k, v in value.items()}
     if isinstance(value, list):
         return [portable(v) for v in value]
-    if not isinstance(value, str):
-        return value
-    for prefix, short in ((f"{REPO_ROOT}{os.sep}", ""), (f"{Path.home()}{os.sep}", f"~{os.sep}")):
-        if value.startswith(prefix) and len(prefix) > 2:
-            return short + value[len(prefix):]
-    return value
+    return portable_path(value) if isinstance(value, str) else value
 
 
 def parse_record(data: Any, stem: str) -> Entry:

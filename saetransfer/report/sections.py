@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
-
-from saetransfer import verdict
-from saetransfer.report.doc import Block, Bullets, Heading, Image, Markdown, Para
+from saetransfer.report.doc import Block, Bullets, Heading, Image, Markdown, Para, Span, Table
 from saetransfer.report.fmt import MISSING, num
 from saetransfer.report.headline import anchor, claims_blocks, headline_table, ran_first
 from saetransfer.report.pair_section import Plots, pair_section
 from saetransfer.report.plots import Plot
+from saetransfer.rules import HEADERS, rule_rows, rules_markdown
 from saetransfer.report.records import Entry
 from saetransfer.results import FeatureTransfer
 
@@ -18,15 +16,23 @@ CAVEAT = FeatureTransfer.__dataclass_fields__["caveat"].default
 
 
 def verdict_rules() -> str:
-    """The verdict rule table as Markdown: the one call site, to become the table generated from `Thresholds`."""
-    return inspect.cleandoc(verdict.__doc__ or "")
+    """The verdict rule table as Markdown, generated from `verdict.Thresholds` (see `saetransfer.rules`)."""
+    return rules_markdown()
+
+
+def rules_table() -> Table:
+    """The same table as a report block: one row per threshold, its current value and published evidence."""
+    return Table(HEADERS, tuple((r.group, r.metric, r.condition, Span(r.field, code=True), r.value_text, r.source)
+                                for r in rule_rows()))
 
 
 def how_to_read() -> list[Block]:
     return [
         Heading(2, "How to read this report", "how-to-read"),
-        Para("Verdict rules (from saetransfer.verdict):"),
-        Markdown(verdict_rules()),
+        Para(("Verdict rules, one row per field of ", Span("saetransfer.verdict.Thresholds", code=True),
+              " with its current value; the order of the rules and what happens to a missing metric are in ",
+              Span("saetransfer/verdict.py", code=True), "'s docstring:")),
+        rules_table(),
         Bullets((
             "The headline numbers are the quantities the verdict compares with a threshold, each as value ± half the "
             "width of its 95 % paired block-bootstrap interval; each pair's section gives the full intervals.",

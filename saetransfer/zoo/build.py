@@ -206,8 +206,8 @@ def build_zoo(out: Path, cfg: ZooConfig) -> BuildResult:
     pairs["tiny-gpt2__code"]["native_sae_on_finetune"] = {
         "prose": sae.evaluate(loaded["code-relu"], tl["code"], ev["prose"], cfg.sae_eval_batches)}
     pairs["tiny-gpt2__retok"] = {"base": "models/base", "finetune": "models/retok",
-                                 "tokenizer_comparison": tokenizer.good_tokens(tok, rtok),
-                                 "math_tokenizer_comparison_for_contrast": tokenizer.good_tokens(tok, mtok)}
+                                 "tokenizer_comparison": tokenizer.manifest_comparison(tok, rtok),
+                                 "math_tokenizer_comparison_for_contrast": tokenizer.manifest_comparison(tok, mtok)}
     pairs["tiny-gpt2__math"]["pad_token"] = {"id": mtok.pad_token_id, "token": mtok.pad_token,
                                              "prob_mass_prose": _pad_mass(tl["math"], ev["prose"][:32], mtok.pad_token_id)}
     span = span_checks(pairs, cfg.sae.d_sae)

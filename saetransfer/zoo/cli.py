@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from saetransfer.offline import set_offline_environment
 from saetransfer.paths import REPO_ROOT, ZOO
 from saetransfer.zoo import manifest
 
@@ -44,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _build(out: Path, small: bool, seed: int) -> int:
-    for k, v in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WANDB_MODE", "disabled"),
-                 ("TOKENIZERS_PARALLELISM", "false")):
-        os.environ.setdefault(k, v)
+    set_offline_environment()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     from saetransfer.zoo.build import build_zoo
     from saetransfer.zoo.config import FULL, SMALL

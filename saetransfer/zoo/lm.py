@@ -58,7 +58,7 @@ def train(model: HookedTransformer, rows: Mapping[str, np.ndarray], spec: TrainS
     weights = np.array([w for _, w in spec.mix], dtype=np.float64)
     counts = rng.multinomial(spec.steps * spec.batch_rows, weights / weights.sum())
     # a seeded stream of rows per split, epoch by epoch, then interleaved at random
-    picks = np.concatenate([np.stack([np.full(c, i), _epochs(rng, len(rows[s]), c)], 1)
+    picks = np.concatenate([np.stack([np.full(c, i), _epochs(rng, len(rows[s]), int(c))], 1)
                             for i, (s, c) in enumerate(zip(splits, counts))])
     picks = picks[rng.permutation(len(picks))]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -152,8 +152,9 @@ def load_hf(path: Path) -> GPT2LMHeadModel:
 def load_tl(path: Path, tok: PreTrainedTokenizerBase | None = None) -> HookedTransformer:
     """An unprocessed fp32 HookedSAETransformer from a local HF checkpoint, fully offline.
 
-    TL's `from_pretrained` insists on official names and fetches the Hub config; this is the documented
-    no-patching route (reference/cpu-prototype.md).
+    TL's `from_pretrained` insists on official names and fetches the Hub config; this route
+    calls TL's own loaders (`convert_hf_model_config`, `get_pretrained_state_dict` in
+    `transformer_lens/loading_from_pretrained.py`) on the local directory, with no patching.
     """
     from sae_lens import HookedSAETransformer
 

@@ -10,6 +10,8 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from saetransfer.loading.tokenizers import compare_tokenizers
+
 BOS = "<|endoftext|>"
 PAD = "<|pad|>"
 
@@ -81,15 +83,14 @@ def pack_rows(tok: PreTrainedTokenizerBase, docs: Sequence[str], n_ctx: int,
     return rows
 
 
-def good_tokens(base: PreTrainedTokenizerBase, other: PreTrainedTokenizerBase) -> dict[str, float]:
-    """The seed's tokenizer comparison (post-and-repo.md B.2); percentages are already x100."""
-    vb, vf = base.get_vocab(), other.get_vocab()
-    only_b = vb.keys() - vf.keys()
-    only_f = vf.keys() - vb.keys()
-    mismatched = {k for k in vb.keys() & vf.keys() if vb[k] != vf[k]}
-    return {
-        "base_size": len(vb), "finetune_size": len(vf), "only_in_base": len(only_b),
-        "only_in_finetune": len(only_f), "mismatched_ids": len(mismatched),
-        "good_tokens_base_pct": 100.0 * (len(vb) - len(only_b) - len(mismatched)) / len(vb),
-        "good_tokens_finetune_pct": 100.0 * (len(vf) - len(only_f) - len(mismatched)) / len(vf),
-    }
+MANIFEST_KEYS = {"base_size": "base_size", "finetune_size": "finetune_size", "only_in_base": "only_in_base",
+                 "only_in_finetune": "only_in_finetune", "mismatched": "mismatched_ids",
+                 "good_base_pct": "good_tokens_base_pct", "good_finetune_pct": "good_tokens_finetune_pct"}
+"""`TokenizerComparison` field -> its key in the committed manifest.json, whose older names stay so the
+committed zoo stays byte-identical (the manifest is data; code uses the field names)."""
+
+
+def manifest_comparison(base: PreTrainedTokenizerBase, other: PreTrainedTokenizerBase) -> dict[str, int | float]:
+    """`loading.compare_tokenizers` (the post's table) under the manifest's keys; percentages are already x100."""
+    comparison = compare_tokenizers(base, other)
+    return {key: getattr(comparison, name) for name, key in MANIFEST_KEYS.items()}

@@ -1,0 +1,38 @@
+"""How a pair is evaluated, and the one place that turns command-line options into that."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from saetransfer.registry import Pair
+
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def device_and_dtype(gpu: bool) -> tuple[str, str]:
+    """CUDA in bf16 under --gpu (fp16 overflows Gemma), else CPU in fp32. Metrics are fp32/fp64 either way."""
+    return ("cuda", "bfloat16") if gpu else ("cpu", "float32")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a pair is evaluated; everything here is part of the cache key."""
+
+    n_tokens: int
+    device: str = "cpu"
+    dtype: str = "float32"
+    allow_hub: bool = False
+    progress: bool = True
+
+    @classmethod
+    def for_pair(cls, pair: Pair, *, tokens: int | None = None, gpu: bool = False, hub: bool = False,
+                 progress: bool = True) -> RunConfig:
+        """From the options (--tokens, --gpu, --hub): `tokens` overrides the pair's own budget."""
+        device, dtype = device_and_dtype(gpu)
+        return cls(n_tokens=tokens or pair.n_tokens, device=device, dtype=dtype, allow_hub=hub, progress=progress)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _TORCH_DTYPES[self.dtype]
