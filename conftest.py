@@ -23,17 +23,12 @@ import pytest
 # Runtime shape checking: beartype checks every call into saetransfer against its annotations,
 # jaxtyping's included (`Float[Tensor, "rows ctx"]` dims must agree within a call). The hook only sees
 # modules imported after it, so it goes first, before anything imports saetransfer.
-SHAPE_CHECKS_PENDING = frozenset({"engine", "metrics", "features", "results", "verdict"})
-"""Modules being rewritten for typed results (issue 8), where the hook found wrong annotations; each
-joins the checked set once its annotations hold (remove it here)."""
-
-
 def _checked_modules() -> list[str]:
-    """`saetransfer.<name>` for every module and subpackage but the pending ones, found without importing."""
+    """`saetransfer.<name>` for every module and subpackage, found without importing them."""
     package = Path(__file__).resolve().parent / "saetransfer"
     names = {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
     names |= {p.parent.name for p in package.glob("*/__init__.py")}
-    return [f"saetransfer.{name}" for name in sorted(names - SHAPE_CHECKS_PENDING)]
+    return [f"saetransfer.{name}" for name in sorted(names)]
 
 
 from jaxtyping import install_import_hook  # noqa: E402

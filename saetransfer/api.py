@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 Source = str | Path | Mapping[str, Any]
-SaeSpec = str | Path | tuple[str, str] | Mapping[str, Any]
+SaeSpec = str | Path | tuple[str, Any] | Mapping[str, Any]
 
 WHERE = "saetransfer.evaluate()"
 """Where a RegistryError from this entry point says the bad entry is (the registry names a file)."""

@@ -38,7 +38,7 @@ from saetransfer.results import (
     METRIC_VERSION, Comparisons, Density, Masking, ModelMasking, NormMatching, PairResult, Provenance, SaeEvaluation,
     SaeMetrics, Similarity, TokenContext, WorstTokens,
 )
-from saetransfer.verdict import Evidence, SaeQuality, Thresholds, compared_values, decide, decide_with_uncertainty
+from saetransfer.verdict import VerdictInputs, SaeQuality, Thresholds, compared_values, decide, decide_with_uncertainty
 
 CALIBRATION_BATCHES = 4
 TOP_K = 16
@@ -467,8 +467,8 @@ def _stream(pair: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"], base
     point_native = _quality(sae_eval.native_on_finetune, native.d_sae) if native else None
 
     def direction(ft_name: str, ft_metrics: SaeMetrics) -> tuple[Any, Comparisons]:
-        point = Evidence(point_base, _quality(ft_metrics, d_sae), point_native)
-        reps = [Evidence(b, f, n) for b, f, n in zip(base_reps, ft_side.qualities(ft_name, d_sae, weights), native_reps)]
+        point = VerdictInputs(point_base, _quality(ft_metrics, d_sae), point_native)
+        reps = [VerdictInputs(b, f, n) for b, f, n in zip(base_reps, ft_side.qualities(ft_name, d_sae, weights), native_reps)]
         point_values = compared_values(point.base, point.finetune, point.native)
         rep_values = [compared_values(r.base, r.finetune, r.native) for r in reps]
         comparisons = Comparisons(

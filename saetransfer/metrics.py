@@ -251,7 +251,7 @@ def log_density_correlation(base_density: Float[Tensor, " s"], ft_density: Float
 # downstream loss: CE and KL with the SAE spliced in and with the hook zero-ablated
 
 
-def token_log_probs(logits: Float[Tensor, "n v"], keep_vocab: int) -> tuple[Float[Tensor, "n v"], Float[Tensor, " n"]]:
+def token_log_probs(logits: Float[Tensor, "n v"], keep_vocab: int) -> tuple[Float[Tensor, "n kept"], Float[Tensor, " n"]]:
     """log-softmax over the first `keep_vocab` ids, and the probability mass the full softmax puts beyond them.
 
     Dropping extra vocabulary rows (MetaMath's PAD) leaves the other logits unchanged but renormalises

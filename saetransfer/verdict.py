@@ -181,10 +181,11 @@ class Thresholds:
         "says transfers")
 
     # -- uncertainty --
-    agreement: float = 0.975
-    """A line is ok or bad only if this share of bootstrap replicates gives the same grade, else
-    `weak (uncertain)`: the one-sided 97.5 % of a two-sided 95 % interval, so a line is decided only
-    when the whole interval lies on one side of its threshold."""
+    agreement: float = _threshold(
+        0.975, "uncertainty", "share of bootstrap replicates giving the line's grade",
+        "ok or bad only if >= {x}, else weak (uncertain)",
+        "the one-sided 97.5 % of a two-sided 95 % interval: a line is decided only when its whole interval "
+        "lies on one side of the threshold (percentile bootstrap, Efron & Tibshirani 1993)")
 
     def __post_init__(self) -> None:
         # ratios divide by the base value, so the gate must keep it positive
@@ -488,7 +489,7 @@ def decide(*, base: SaeQuality, finetune: SaeQuality, architecture: str, native:
 
 
 @dataclass(frozen=True)
-class Evidence:
+class VerdictInputs:
     """What `decide` reads for one direction: the SAE on its own model, on the other, and the native SAE."""
 
     base: SaeQuality
@@ -505,7 +506,7 @@ def _interval_text(comparisons: Comparisons, metric: str) -> str:
     return "; ".join(parts)
 
 
-def decide_with_uncertainty(point: Evidence, replicates: Sequence[Evidence], comparisons: Comparisons, *,
+def decide_with_uncertainty(point: VerdictInputs, replicates: Sequence[VerdictInputs], comparisons: Comparisons, *,
                             architecture: str, level: float, thresholds: Thresholds = Thresholds()) -> VerdictResult:
     """`decide` on the point values, each ok/bad line kept only where `thresholds.agreement` of the
     bootstrap replicates (graded by the same rules) agree; otherwise that line is `weak (uncertain)`.

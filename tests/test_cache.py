@@ -1,8 +1,7 @@
 """The result cache serves only entries that prove themselves, and never reads or keeps a writer's debris.
 
-`PairResult` is replaced by a small stand-in with the same two methods the cache uses (`to_json`,
-`from_dict`), so these tests pin the cache's own rules whatever the result's schema; the real result
-goes through the cache end to end in test_kill.py.
+The entries hold a real `PairResult` (the zoo's retok pair, which stops at the tokenizer check, so
+the entry is small); the engine's result goes through the cache end to end in test_kill.py.
 """
 
 from __future__ import annotations
@@ -12,46 +11,28 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from saetransfer import cache
-from saetransfer.results import METRIC_VERSION
+from saetransfer.results import METRIC_VERSION, PairResult
 
 KEY = "0123456789abcdef0123456789abcdef"
 
 
-@dataclass(frozen=True)
-class Result:
-    verdict: dict[str, Any]
-    masking: dict[str, Any]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Result:
-        return cls(**data)  # a missing or unknown section raises TypeError, like a typed result would
-
-
-RESULT = Result(verdict={"verdict": "fails", "reasons": ["bad on EV"]}, masking={"n_kept": 2032})
-
-
-@pytest.fixture(autouse=True)
-def _stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache, "PairResult", Result)
+RESULT = PairResult.from_json((Path(__file__).parent / "data/results/tiny-gpt2__retok.json").read_text())
 
 
 class Counter:
     """A `compute` that counts its calls."""
 
-    def __init__(self, result: Result = RESULT) -> None:
+    def __init__(self, result: PairResult = RESULT) -> None:
         self.calls, self.result = 0, result
 
-    def __call__(self) -> Result:
+    def __call__(self) -> PairResult:
         self.calls += 1
         return self.result
 
@@ -138,7 +119,7 @@ def test_refresh_recomputes_a_good_entry(tmp_path: Path) -> None:
 def test_a_temp_file_is_never_read_and_stale_ones_are_removed(tmp_path: Path) -> None:
     """What a writer killed between write and rename leaves: a complete-looking temp file, no entry."""
     stale = tmp_path / f".{KEY}.json.k1ll3d.tmp"
-    stale.write_bytes(cache.encode_entry(Result(verdict={"verdict": "from a temp file"}, masking={})))
+    stale.write_bytes(cache.encode_entry(replace(RESULT, provenance=replace(RESULT.provenance, pair_id="temp__file"))))
     old = time.time() - 2 * cache.STALE_TMP_SECONDS
     os.utime(stale, (old, old))
     live = tmp_path / ".other.json.wr1t1ng.tmp"  # another process writing right now

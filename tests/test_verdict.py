@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from saetransfer import verdict as verdict_module
 from saetransfer.results import Comparisons, Estimate
-from saetransfer.verdict import Evidence, SaeQuality, Thresholds, VerdictResult, decide, decide_with_uncertainty
+from saetransfer.verdict import VerdictInputs, SaeQuality, Thresholds, VerdictResult, decide, decide_with_uncertainty
 
 Q = SaeQuality
 RANK = {"fails": 0, "partial": 1, "transfers": 2}
@@ -47,7 +47,7 @@ POST_GEMMA_PYTHON = Q(explained_variance=-10.27, l0=84.74, ce_delta=4.21)
 # notebooks/4_sae_eval.ipynb outputs) and this project's early CPU feasibility run (TopK, k=32, d_sae 1024;
 # unpublished, numbers as measured).
 GPT2_SMALL_BASE = Q(explained_variance=0.933, l0=49.5, ce_delta=0.15, d_sae=24576)
-PROTOTYPE_TOPK_BASE = Q(explained_variance=0.982, l0=32, ce_loss_score=0.998, ce_delta=0.005, d_sae=1024)
+PROTOTYPE_TOPK_BASE = Q(explained_variance=0.982, l0=32.0, ce_loss_score=0.998, ce_delta=0.005, d_sae=1024)
 
 
 PUBLISHED = [
@@ -77,12 +77,12 @@ PUBLISHED = [
                   "drop 0.703 > 0.1"],
                  id="kissane-gemma-2b__it"),
     # Chat-data evaluation (rollout tokens): nothing measured for the base SAE on the base model there.
-    pytest.param(Q(), Q(explained_variance=-45.2, l0=371, ce_loss_score=-0.541, d_sae=32768),
-                 Q(explained_variance=0.708, l0=80, ce_loss_score=0.967), "fails",
+    pytest.param(Q(), Q(explained_variance=-45.2, l0=371.0, ce_loss_score=-0.541, d_sae=32768),
+                 Q(explained_variance=0.708, l0=80.0, ce_loss_score=0.967), "fails",
                  ["no base value to compare", "gap 1.51 > 0.1", "nothing measured on the base"],
                  id="kissane-gemma-2b__it-rollouts-no-base"),
-    pytest.param(Q(), Q(explained_variance=0.498, l0=190, ce_loss_score=0.974, d_sae=131072),
-                 Q(explained_variance=0.545, l0=169, ce_loss_score=0.977), "partial",
+    pytest.param(Q(), Q(explained_variance=0.498, l0=190.0, ce_loss_score=0.974, d_sae=131072),
+                 Q(explained_variance=0.545, l0=169.0, ce_loss_score=0.977), "partial",
                  ["partial: insufficient evidence (ok: CE recovered)", "explained variance 0.498 on the finetune: "
                   "no base value to compare, not counted"],
                  id="kissane-mistral-7b__instruct-rollouts-no-base"),
@@ -117,18 +117,18 @@ def test_published_base_saes_pass_the_gate_and_identity_transfers(quality: SaeQu
 
 
 @pytest.mark.parametrize(("base", "fragment"), [
-    pytest.param(Q(explained_variance=-0.5, l0=40, kl_div_score=0.9, d_sae=4096), "explained variance -0.5 on the base itself < 0.3",
+    pytest.param(Q(explained_variance=-0.5, l0=40.0, kl_div_score=0.9, d_sae=4096), "explained variance -0.5 on the base itself < 0.3",
                  id="negative-ev"),
     # Kissane's gemma-it SAE read on gemma-2b: what an SAE at the wrong model (or hook) looks like.
     pytest.param(GEMMA_IT_ON_BASE, "CE recovered -8.32 on the base itself outside [0.7, 1.05]", id="wrong-model-sae"),
     pytest.param(Q(explained_variance=0.8, ce_loss_score=1.2), "CE recovered 1.2 on the base itself", id="ce-recovered-above-1"),
     pytest.param(Q(explained_variance=0.8, kl_div_score=0.3), "KL score 0.3 on the base itself < 0.7", id="low-kl-score"),
     pytest.param(Q(explained_variance=0.8, ce_delta=3.0), "loss delta 3 nats on the base itself", id="loss-delta-3-nats"),
-    pytest.param(Q(explained_variance=0.8, l0=9000, d_sae=16384), "0.549 of d_sae=16384 > 0.25", id="dense-l0"),
+    pytest.param(Q(explained_variance=0.8, l0=9000.0, d_sae=16384), "0.549 of d_sae=16384 > 0.25", id="dense-l0"),
     pytest.param(Q(explained_variance=0.8, l0=0.0, d_sae=16384), "L0 0 on the base itself < 1", id="all-dead"),
-    pytest.param(Q(explained_variance=math.nan, l0=40), "explained variance on the base is NaN", id="nan-ev"),
+    pytest.param(Q(explained_variance=math.nan, l0=40.0), "explained variance on the base is NaN", id="nan-ev"),
     pytest.param(Q(explained_variance=1.3), "1.3, impossible (at most 1)", id="ev-above-1"),
-    pytest.param(Q(explained_variance=0.8, l0=5000, d_sae=4096), "impossible (outside [0, d_sae=4096])", id="l0-above-d-sae"),
+    pytest.param(Q(explained_variance=0.8, l0=5000.0, d_sae=4096), "impossible (outside [0, d_sae=4096])", id="l0-above-d-sae"),
 ])
 def test_broken_base_sae_is_unusable_even_when_equally_broken_on_the_finetune(base: SaeQuality, fragment: str) -> None:
     result = decide(base=base, finetune=base, architecture="standard")
@@ -136,11 +136,11 @@ def test_broken_base_sae_is_unusable_even_when_equally_broken_on_the_finetune(ba
     assert any(fragment in reason for reason in result.reasons), result.reasons
 
 
-GOOD = Q(explained_variance=0.9, l0=32, kl_div_score=0.95, ce_loss_score=0.97, ce_delta=0.1, d_sae=1024)
+GOOD = Q(explained_variance=0.9, l0=32.0, kl_div_score=0.95, ce_loss_score=0.97, ce_delta=0.1, d_sae=1024)
 
 
 def test_topk_ignores_an_l0_ratio_of_one_and_fails_on_ev_collapse() -> None:
-    finetune = Q(explained_variance=0.2, l0=32, kl_div_score=0.94, ce_loss_score=0.97, ce_delta=0.1)
+    finetune = Q(explained_variance=0.2, l0=32.0, kl_div_score=0.94, ce_loss_score=0.97, ce_delta=0.1)
     result = decide(base=GOOD, finetune=finetune, architecture="topk")
     assert result.verdict == "fails"
     assert "L0 ratio ignored (32 vs 32 on the base, ratio 1): a TopK SAE fixes L0 at k, so it carries no signal" in result.reasons
@@ -152,7 +152,7 @@ def test_topk_ignores_an_l0_ratio_of_one_and_fails_on_ev_collapse() -> None:
     ("standard", "fails"), ("jumprelu", "fails"), ("gated", "fails"), ("relu", "fails"),
 ])
 def test_l0_blow_up_counts_only_for_free_l0_architectures(architecture: str, expected: str) -> None:
-    finetune = Q(explained_variance=0.85, l0=160, kl_div_score=0.94, ce_loss_score=0.96, ce_delta=0.12)
+    finetune = Q(explained_variance=0.85, l0=160.0, kl_div_score=0.94, ce_loss_score=0.96, ce_delta=0.12)
     assert decide(base=GOOD, finetune=finetune, architecture=architecture).verdict == expected
 
 
@@ -219,7 +219,7 @@ def test_nan_on_the_finetune_is_missing_with_a_flag() -> None:
     result = decide(base=GOOD, finetune=finetune, architecture="standard")
     assert result.verdict == "transfers"  # KL, CE, loss delta and L0 still decide
     assert "explained variance on the finetune is NaN (undefined): treated as not measured" in result.reasons
-    only_ev = decide(base=Q(explained_variance=0.9, l0=32), finetune=Q(explained_variance=math.nan, l0=32),
+    only_ev = decide(base=Q(explained_variance=0.9, l0=32.0), finetune=Q(explained_variance=math.nan, l0=32.0),
                      architecture="standard")
     assert only_ev.verdict == "partial"  # NaN is never a pass
 
@@ -358,7 +358,7 @@ def test_larger_l0_blow_up_never_improves_the_verdict(base: SaeQuality, finetune
     base_l0 = base.l0 if base.l0 is not None and base.l0 >= 1 else 20.0
     base = replace(base, l0=base_l0)
     small, large = sorted(ratios)
-    cap = base.d_sae or math.inf  # L0 above d_sae is impossible, hence dropped as a measurement error
+    cap = float(base.d_sae or math.inf)  # L0 above d_sae is impossible, hence dropped as a measurement error
     results = [decide(base=base, finetune=replace(finetune, l0=min(base_l0 * r, cap)), architecture=architecture)
                for r in (large, small)]
     assert not_better(*results)
@@ -397,8 +397,8 @@ def test_not_judged_comes_before_the_gate() -> None:
     assert "99.2%" in result.reasons[1]
 
 
-def _evidence(ev_ft: float) -> Evidence:
-    return Evidence(base=replace(MISTRAL_BASE_ON_BASE, explained_variance=0.8),
+def _evidence(ev_ft: float) -> VerdictInputs:
+    return VerdictInputs(base=replace(MISTRAL_BASE_ON_BASE, explained_variance=0.8),
                     finetune=replace(MISTRAL_BASE_ON_CHAT, explained_variance=ev_ft, l0=95.2, ce_delta=0.114))
 
 

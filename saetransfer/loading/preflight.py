@@ -20,7 +20,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from saetransfer.loading.availability import SAE_WEIGHTS, check_local_sources, sae_snapshot, where
 from saetransfer.loading.errors import (
@@ -45,6 +45,7 @@ _D_MODEL_KEYS = ("n_embd", "hidden_size", "d_model")
 _JSON_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
+@runtime_checkable
 class RunSettings(Protocol):
     """What preflight reads of a run configuration (`RunConfig` has these)."""
 
