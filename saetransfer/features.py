@@ -92,7 +92,7 @@ def feature_transfer(
     latents: LatentPairAccumulator,
     W_dec: Float[Tensor, "s d"],
     W_U_base: Float[Tensor, "d v"],
-    W_U_ft: Float[Tensor, "d v"],
+    W_U_ft: Float[Tensor, "d v_ft"],
     seed: int,
 ) -> FeatureTransfer:
     """Bucket the latents, sample them (seeded), summarise activation and logit similarity per bucket,
