@@ -6,7 +6,7 @@ Sections:
 2. `result`: the pair's PairResult from the keyed cache (computed once, even across xdist workers).
 3. `metrics_snapshot`: rounded JSON snapshots, one file per test id and run configuration, compared
    with a per-metric tolerance; a missing snapshot does not fail the evidence run.
-4. Records and the report: every finding writes its outcome, every claim (`test_claims.py`,
+4. Records and the report: every finding writes its outcome, every claim (`test_post_claims.py`,
    `test_cross_pair.py`) its `ClaimOutcome`; the controller merges them and renders the report.
 """
 

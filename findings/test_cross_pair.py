@@ -51,7 +51,7 @@ def test_cross_pair_claim(claim, available, record_claim):
 
 
 def test_zoo_spans_the_verdicts(registry, run_config):
-    """The zoo is designed to span the verdicts (whether each matches its expectation: `test_claims.py`)."""
+    """The zoo is designed to span the verdicts (whether each matches its expectation: `test_post_claims.py`)."""
     results = _available_results(registry, run_config)
     if not results or not all(p.is_tiny for p in results):
         pytest.skip("only asserted on the tiny zoo alone (real pairs are present or none can run)")

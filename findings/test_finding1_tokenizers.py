@@ -3,7 +3,7 @@
 The seed printed the table and carried on, feeding base ids to the finetune whatever it said. Here an
 incompatible pair stops: its verdict is `not comparable` and findings 2-4 skip with the reason. The
 post's claims about it (incompatible tokenizers stop the pair, compatibility as expected, the identity
-pair's tokenizer) are decided in `test_claims.py`.
+pair's tokenizer) are decided in `test_post_claims.py`.
 """
 
 from __future__ import annotations

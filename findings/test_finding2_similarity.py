@@ -1,7 +1,7 @@
 """Finding 2 (post §3): residual activations of base and finetune at the SAE hook, on identical ids.
 
 The post's claims about it (BOS cosine at least the mean, the identity pair exactly similar) are
-decided in `test_claims.py`.
+decided in `test_post_claims.py`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The post's claims about it (the identity pair scores the same on both sides, the finetune is not
 explained better than the base, added vocabulary rows, the verdict as expected) are decided in
-`test_claims.py`.
+`test_post_claims.py`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def test_finding3_sae_quality(pair, judged_result, metrics_snapshot):
 def test_finding3_verdict(pair, result):
     """The verdict (transfers / partial / fails / not comparable / unusable / not judged) and its reasons.
 
-    Whether it matches the registry's expectation is the claim `verdict-as-expected` (`test_claims.py`).
+    Whether it matches the registry's expectation is the claim `verdict-as-expected` (`test_post_claims.py`).
     """
     verdict = result.verdict
     assert verdict.reasons, "every verdict carries its reasons"

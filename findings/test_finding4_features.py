@@ -1,6 +1,6 @@
 """Finding 4 (post §5): do individual latents transfer? Buckets by density, on one shared sample.
 
-The post's claim about the identity pair (every regular latent transfers) is decided in `test_claims.py`.
+The post's claim about the identity pair (every regular latent transfers) is decided in `test_post_claims.py`.
 """
 
 from __future__ import annotations
