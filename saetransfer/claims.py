@@ -246,9 +246,12 @@ def _verdict_as_expected(r: PairResult, pair: Pair) -> Check:
     got = r.verdict.verdict
     if pair.expected is None:
         return _not_applicable(f"no expected verdict in the registry (verdict {got!r})")
+    which = ""
+    if pair.expected.norm_matched and r.norm_matching is not None:  # the source's numbers are norm-matched
+        got, which = r.norm_matching.verdict.verdict, "norm-matched "
     headline = r.verdict.reasons[0] if r.verdict.reasons else "no reasons given"
     return _decided(got == pair.expected.verdict,
-                    f"verdict {got!r}, expected {pair.expected.verdict!r} ({pair.expected.source}); {headline}")
+                    f"{which}verdict {got!r}, expected {pair.expected.verdict!r} ({pair.expected.source}); {headline}")
 
 
 CLAIMS: tuple[Claim, ...] = (

@@ -136,6 +136,9 @@ class Expectation:
     source: str
     extrapolated: bool = False
     """True when the source studied a neighbouring setting (another SAE, layer or checkpoint)."""
+    norm_matched: bool = False
+    """True when the source's numbers are norm-matched (Kissane et al. rescale each evaluated model by
+    its own factor): the expectation is then compared with the norm-matched verdict."""
 
 
 @dataclass(frozen=True)
@@ -331,7 +334,8 @@ def _expectation(raw: Mapping[str, Any] | None, where: str) -> Expectation | Non
     if not source:
         raise _fail(where, "field 'source' is required: say where the expectation comes from")
     extrapolated = _typed(raw, "extrapolated", bool, where, _default(Expectation, "extrapolated"))
-    return Expectation(verdict=verdict, source=source, extrapolated=extrapolated)
+    norm_matched = _typed(raw, "norm_matched", bool, where, _default(Expectation, "norm_matched"))
+    return Expectation(verdict=verdict, source=source, extrapolated=extrapolated, norm_matched=norm_matched)
 
 
 _PAIR_KEYS = _keys(Pair, exclude=("source_file",))  # set from the file's location, never in it

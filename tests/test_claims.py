@@ -78,3 +78,16 @@ def test_matrix_cells(code):
     assert rows[claims.CLAIMS_BY_ID["identity-activations"].statement] == (NOT_APPLICABLE, NOT_RUN)
     assert len(table.rows) == len(claims.CLAIMS_BY_ID)
     assert "c__z" in str(blocks[-1])
+
+
+def test_a_norm_matched_expectation_is_compared_with_the_norm_matched_verdict(code):
+    """Kissane et al.'s numbers rescale each model by its own factor: their verdicts speak of ours norm-matched."""
+    pair, result = code
+    nm = dataclasses.replace(result.norm_matching, verdict=dataclasses.replace(result.norm_matching.verdict,
+                                                                               verdict="transfers"))
+    shifted = dataclasses.replace(result, norm_matching=nm)  # fails as is, transfers after norm matching
+    expect = Expectation(verdict="transfers", source="a norm-matched source", norm_matched=True)
+    outcome = _outcome("verdict-as-expected", shifted, dataclasses.replace(pair, expected=expect))
+    assert outcome.holds is True and "norm-matched verdict 'transfers'" in outcome.message
+    plain = dataclasses.replace(expect, norm_matched=False)
+    assert _outcome("verdict-as-expected", shifted, dataclasses.replace(pair, expected=plain)).holds is False

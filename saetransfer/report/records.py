@@ -64,10 +64,12 @@ class Entry:
 
     @property
     def matches(self) -> bool | None:
-        """Verdict equals the expected verdict; None when either is absent (nothing to compare)."""
+        """Verdict equals the expected verdict (the norm-matched one where the source's numbers are
+        norm-matched); None when either is absent (nothing to compare)."""
         if self.verdict is None or self.expected_verdict is None:
             return None
-        return self.verdict == self.expected_verdict
+        compared = self.norm_matched_verdict if (self.expected or {}).get("norm_matched") else self.verdict
+        return compared == self.expected_verdict
 
 
 def _dict_or_none(value: Any, what: str) -> dict[str, Any] | None:
