@@ -17,7 +17,7 @@ from saetransfer.loading import good_token_pct
 def test_finding1_tokenizers(pair, result, metrics_snapshot):
     """The post's code's vocabulary table, and compatibility decided on the ids the evaluation actually uses."""
     t, c = result.tokenizer, result.compatibility
-    # the seed's arithmetic: good = size - only-here - mismatched, as a percentage of the size
+    # the post's code's arithmetic: good = size - only-here - mismatched, as a percentage of the size
     assert t.good_base_pct == pytest.approx(good_token_pct(t.base_size, t.only_in_base, t.mismatched))
     assert t.good_finetune_pct == pytest.approx(good_token_pct(t.finetune_size, t.only_in_finetune, t.mismatched))
     assert c.n_distinct_ids > 0 and 0 <= c.n_differing <= c.n_distinct_ids

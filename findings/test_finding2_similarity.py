@@ -13,7 +13,7 @@ import pytest
 
 @pytest.mark.finding(2)
 def test_finding2_activation_similarity(pair, judged_result, metrics_snapshot):
-    """Per-token cosine, distance and norm ratio; with and without BOS/position 0 (the seed kept it)."""
+    """Per-token cosine, distance and norm ratio; with and without BOS/position 0 (the post's code kept it)."""
     r = judged_result
     sim = r.similarity
     assert -1.0 <= sim.cosine_mean <= 1.0

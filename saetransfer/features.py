@@ -2,7 +2,7 @@
 
 Densities and per-latent activation statistics come from the same token sample (the post's code used two
 different samples, so 'dead' features fired on the second one). Buckets:
-- regular: log10 density in [-5, -1] in both models (inclusive, as the seed);
+- regular: log10 density in [-5, -1] in both models (inclusive, as the post's code);
 - dead in base only / dead in finetune only: never fired on the sample in exactly one model;
 - dead in both.
 Regular and exclusively-dead buckets are subsampled with a seeded generator (caps 1000 / 100) and the
