@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from syrupy.extensions.json import JSONSnapshotExtension
 
-from saetransfer.rounding import round_significant
+from saetransfer.rounding import round_significant, snap_to_stored
 
 # 1. ---------------------------------------------------------------------------------------------
 
@@ -107,37 +107,6 @@ def records_dir(config: pytest.Config) -> Path:
 
 
 # 3. ---------------------------------------------------------------------------------------------
-TOLERANCES: tuple[tuple[str, float, float], ...] = (
-    # (key pattern, relative, absolute). A fresh value within tolerance of the stored one is
-    # compared as the stored one, so a rounding boundary or another CPU's summation order does not
-    # flip a snapshot while a real drift still fails with a one-line diff. First match wins.
-    (r"kl_|dropped_vocab", 0.05, 1e-4),       # small positive numbers: relative noise is large
-    (r"score|recovered|correlation|fraction", 0.0, 2e-3),  # bounded ratios near 1
-    (r"cosine|r2|explained_variance", 0.0, 1e-3),
-    (r".*", 2e-3, 1e-6),                      # losses, norms, L0, MSE
-)
-
-
-def _tolerance(key: str) -> tuple[float, float]:
-    for pattern, rel, abs_ in TOLERANCES:
-        if re.search(pattern, key):
-            return rel, abs_
-    raise AssertionError("unreachable: the last pattern matches everything")
-
-
-def snap_to_stored(fresh: Any, stored: Any, key: str = "") -> Any:
-    """`fresh` with each float replaced by the stored value when within that metric's tolerance."""
-    if isinstance(fresh, dict) and isinstance(stored, dict):
-        return {k: snap_to_stored(v, stored.get(k), k) for k, v in fresh.items()}
-    if isinstance(fresh, float) and isinstance(stored, (int, float)) and not isinstance(stored, bool):
-        if math.isnan(fresh):
-            return fresh
-        rel, abs_ = _tolerance(key)
-        if abs(fresh - stored) <= abs_ + rel * abs(stored):
-            return float(stored)
-    return fresh
-
-
 class RoundedJSONExtension(JSONSnapshotExtension):
     """One JSON file per test id and configuration; floats via `round_significant`, NaN as a string."""
 
