@@ -210,3 +210,33 @@ def test_native_sae_is_reported_beside_the_base_sae(models):
     assert out.sae.native_on_finetune is not None
     assert not math.isnan(out.sae.native_on_finetune.explained_variance)
     assert out.comparisons.kl_native_gap is not None
+
+
+def _rescaled(model, factor: float):
+    """The same function with the residual stream x `factor` (LayerNorm absorbs it, up to its eps)."""
+    scaled = tiny_model(0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for name in state:
+        if name in ("embed.W_E", "pos_embed.W_pos") or name.endswith(("attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out")):
+            state[name] *= factor
+    scaled.load_state_dict(state)
+    return scaled
+
+
+def test_an_sae_that_rescales_each_token_is_run_as_saelens_runs_it(models):
+    """normalize_activations='constant_norm_rescale': SAELens's encode/decode rescale every token by its own
+    norm, so a x4 residual is absorbed per token and norm matching changes nothing; a plain SAE is not."""
+    base, _ = models
+    ft = _rescaled(base, 4.0)
+    per_token = standard_sae()
+    per_token.cfg.normalize_activations = "constant_norm_rescale"
+    per_token._setup_activation_normalization()
+    out = stream(loaded(base), loaded(ft), loaded_sae(per_token), tokens())
+    assert out.norm_matching.scale == pytest.approx(0.25, rel=1e-3)
+    for key in ("explained_variance", "l0", "ce_spliced", "kl_spliced"):
+        primary, matched = getattr(out.sae.finetune, key), getattr(out.sae.norm_matched_finetune, key)
+        assert primary == pytest.approx(matched, rel=1e-3, abs=1e-4), key
+    plain = stream(loaded(base), loaded(ft), loaded_sae(standard_sae()), tokens())
+    matched = plain.sae.norm_matched_finetune  # reads x4 activations / 4: the base's, up to LayerNorm's eps
+    assert matched.explained_variance == pytest.approx(plain.sae.base.explained_variance, rel=1e-3)
+    assert abs(plain.sae.finetune.explained_variance - matched.explained_variance) > 0.01  # as is, it is not
