@@ -43,8 +43,9 @@ def expected_text(entry: Entry) -> str:
     exp = entry.expected_verdict
     if exp is None:
         return MISSING
-    extrapolated = " (extrapolated)" if (entry.expected or {}).get("extrapolated") else ""
-    return f"{exp}{extrapolated}{ {True: ' ✓', False: ' ✗', None: ''}[entry.matches]}"
+    notes = [note for note in ("extrapolated", "norm_matched") if (entry.expected or {}).get(note)]
+    qualifier = f" ({', '.join(n.replace('_', '-') for n in notes)})" if notes else ""
+    return f"{exp}{qualifier}{ {True: ' ✓', False: ' ✗', None: ''}[entry.matches]}"
 
 
 def why_text(entry: Entry) -> str:
