@@ -34,11 +34,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     pairs = load_registry(registry_files(metafunc.config.getoption("--registry")))
     params = []
     for pair in pairs:
-        marks = [pytest.mark.gpu] if pair.needs_gpu else []
+        # one xdist group per pair (`--dist loadgroup`, pytest.ini): a pair's findings and claims run on one
+        # worker, which computes its result once, while the other workers take other pairs
+        marks = [pytest.mark.xdist_group(pair.test_id)]
+        if pair.needs_gpu:
+            marks.append(pytest.mark.gpu)
         if pair.needs_hub:
             marks.append(pytest.mark.hub)
         params.append(pytest.param(pair, id=pair.test_id, marks=marks))
     metafunc.parametrize("pair", params)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Per-pair findings first, cross-pair ones last: a cross-pair test reads every pair's result, so
+    scheduled early it computes them one after another while the other workers wait on the same cache
+    entries."""
+    items.sort(key=lambda item: item.path.name == "test_cross_pair.py")  # stable: keeps the rest in order
 
 
 @pytest.fixture(scope="session")

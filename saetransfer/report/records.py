@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saetransfer.claims import ClaimOutcome
+from saetransfer.claims import CLAIMS_BY_ID, ClaimOutcome
 from saetransfer.files import write_atomic
 from saetransfer.paths import portable_path
 from saetransfer.registry import Pair
@@ -217,5 +217,7 @@ def merge_claims(directory: Path, claims: dict[str, list[ClaimOutcome]]) -> None
         data = json.loads(path.read_text())
         merged = {c["claim"]: c for c in data.get("claims") or ()}
         merged.update({o.claim: o.to_dict() for o in outcomes})
-        data["claims"] = list(merged.values())
+        # in the claims' own order, not the order the tests happened to finish in (xdist varies it)
+        rank = {claim: i for i, claim in enumerate(CLAIMS_BY_ID)}
+        data["claims"] = sorted(merged.values(), key=lambda c: (rank.get(c["claim"], len(rank)), c["claim"]))
         _write(path, data)
