@@ -385,7 +385,7 @@ def test_record_beats_a_later_skip(tmp_path: Path, records: Path) -> None:
 
 def test_verdict_table(records: Path) -> None:
     lines = verdict_table(records).splitlines()
-    assert lines[0].split() == ["test", "id", "verdict", "expected", "match"]
+    assert lines[0].split() == ["test", "id", "verdict", "norm-matched", "expected", "match"]
     assert len(lines) == 5 and GEMMA in lines[-1] and "not run" in lines[-1]
     assert any(CODE in line and line.split()[-1] == "ok" for line in lines)
     assert any(RETOK in line and line.split()[-1] == "MISMATCH" for line in lines)

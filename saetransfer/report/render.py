@@ -122,10 +122,10 @@ def render_report(records_dir: Path, out_dir: Path) -> ReportFiles:
 
 
 def verdict_table(records_dir: Path) -> str:
-    """Plain-text table (test id, verdict, expected, match) for pytest's terminal summary."""
+    """Plain-text table (test id, verdict, norm-matched verdict, expected, match) for pytest's terminal summary."""
     entries, warnings = load_entries(Path(records_dir))
-    header = ("test id", "verdict", "expected", "match")
-    rows = [(e.test_id, e.verdict or NOT_RUN, e.expected_verdict or MISSING,
+    header = ("test id", "verdict", "norm-matched", "expected", "match")
+    rows = [(e.test_id, e.verdict or NOT_RUN, e.norm_matched_verdict or MISSING, e.expected_verdict or MISSING,
              {True: "ok", False: "MISMATCH", None: MISSING}[e.matches]) for e in ran_first(entries)]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
