@@ -213,7 +213,7 @@ class _ModelSide:
 
     def metrics_of(self, name: str) -> SaeMetrics:
         out: dict[str, Any] = {**self.recon[name].result(), **self.down[name].result()}
-        out["flags"] = tuple(f"{k} undefined (ablation baseline equals clean)"
+        out["flags"] = tuple(f"{k} undefined ({_undefined_because(out, k)})"
                              for k in ("ce_loss_score", "kl_div_score") if math.isnan(out[k]))
         return SaeMetrics(**out)
 
@@ -223,6 +223,16 @@ class _ModelSide:
         cols = [rec["explained_variance"], rec["l0"], down["ce_loss_score"], down["kl_div_score"], down["ce_delta"]]
         return [SaeQuality(explained_variance=ev, l0=l0, ce_loss_score=ce, kl_div_score=kl, ce_delta=delta, d_sae=d_sae)
                 for ev, l0, ce, kl, delta in zip(*(c.tolist() for c in cols))]
+
+
+def _undefined_because(out: dict[str, Any], key: str) -> str:
+    """The real cause of an undefined CE-recovered or KL score (non-finite positions never reach the sums)."""
+    if out["n_tokens"] == 0:
+        return "no kept positions"
+    baseline = out["ce_ablation"] - out["ce_clean"] if key == "ce_loss_score" else out["kl_ablation"]
+    if math.isfinite(baseline) and abs(baseline) < metrics.UNDEFINED_DENOMINATOR:
+        return "ablation baseline equals clean"
+    return "a term of the ratio is undefined"
 
 
 def _quality(m: SaeMetrics, d_sae: int) -> SaeQuality:

@@ -240,3 +240,12 @@ def test_an_sae_that_rescales_each_token_is_run_as_saelens_runs_it(models):
     matched = plain.sae.norm_matched_finetune  # reads x4 activations / 4: the base's, up to LayerNorm's eps
     assert matched.explained_variance == pytest.approx(plain.sae.base.explained_variance, rel=1e-3)
     assert abs(plain.sae.finetune.explained_variance - matched.explained_variance) > 0.01  # as is, it is not
+
+
+@pytest.mark.parametrize(("out", "cause"), [
+    ({"n_tokens": 0, "ce_ablation": math.nan, "ce_clean": math.nan, "kl_ablation": math.nan}, "no kept positions"),
+    ({"n_tokens": 9, "ce_ablation": 2.0, "ce_clean": 2.0, "kl_ablation": 0.0}, "ablation baseline equals clean"),
+    ({"n_tokens": 9, "ce_ablation": math.inf, "ce_clean": 2.0, "kl_ablation": 1.0}, "a term of the ratio is undefined"),
+])
+def test_an_undefined_score_names_its_real_cause(out, cause):
+    assert engine._undefined_because(out, "ce_loss_score") == cause
