@@ -35,7 +35,7 @@ def _engine(pair_id: str, n_tokens: int) -> dict:
     pair = get_pair(load_registry(), pair_id)
     start = time.perf_counter()
     result = evaluate_pair(pair, RunConfig(n_tokens=n_tokens, progress=False))
-    return {"seconds": time.perf_counter() - start, "n_tokens": result.provenance["n_tokens"]}
+    return {"seconds": time.perf_counter() - start, "n_tokens": result.provenance.n_tokens}
 
 
 def _saelens(pair_id: str, n_tokens: int) -> dict:
