@@ -62,6 +62,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--gpu") and hasattr(config, "workerinput"):  # one GPU per xdist worker, before CUDA starts
+        from saetransfer.devices import worker_gpu
+
+        try:
+            gpu = worker_gpu(os.environ.get("CUDA_VISIBLE_DEVICES"), config.workerinput["workerid"])
+        except ValueError as err:
+            raise pytest.UsageError(str(err)) from err
+        if gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     if config.getoption("--gpu"):
         import torch
 
