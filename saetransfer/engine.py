@@ -148,10 +148,12 @@ class _ModelSide:
     """Accumulators for one model (base or finetune) and the SAEs spliced into it."""
 
     def __init__(self, model: Any, start: int, splices: Sequence[_Splice], d_in: int, keep_vocab: int,
-                 n_rows: int) -> None:
+                 n_rows: int, track_worst: bool = False) -> None:
         self.model, self.start, self.splices, self.keep_vocab = model, start, tuple(splices), keep_vocab
         self.recon = {s.name: metrics.ReconstructionAccumulator(n_rows, d_in, s.sae.cfg.d_sae) for s in splices}
         self.down = {s.name: metrics.DownstreamAccumulator(n_rows) for s in splices}
+        self.track_worst = track_worst
+        """Keep the worst tokens of the base SAE: only the finetune's are reported."""
         self.worst_kl = _TopK()
         self.worst_recon = _TopK()
         zeros = torch.zeros(1, 1, model.cfg.d_model, device=model.cfg.device, dtype=model.cfg.dtype)
@@ -206,6 +208,8 @@ class _ModelSide:
             enc = encoded[s.name]
             self.recon[s.name].update(x, enc.x_hat, enc.feats, rows)
             self.down[s.name].update(terms[s.name], rows)
+        if not self.track_worst:
+            return
         base = encoded["base"]
         err = ((x.float() - base.x_hat.float()) ** 2).sum(-1) / (x.float() ** 2).sum(-1).clamp(min=1e-12)
         self.worst_recon.update(err, rows, positions)
@@ -303,6 +307,8 @@ def evaluate_pair(pair: Pair, config: RunConfig) -> PairResult:
 class _Calibration:
     threshold_base: float
     threshold_finetune: float
+    kind_base: str
+    kind_finetune: str
     mean_norm_base: float
     mean_norm_finetune: float
     scale: float
@@ -336,12 +342,12 @@ def _calibrate(pair: Pair, batches: Sequence[Tensor], to_hook: tuple[Any, Any], 
             norms[i].append(a.float().norm(dim=-1)[ok])
     flat = [torch.cat(n).double() for n in norms]
     mean = [float(n[torch.isfinite(n)].mean()) if torch.isfinite(n).any() else math.nan for n in flat]
-    thr_b, _ = _threshold(pair, "base", mean[0])
-    thr_f, _ = _threshold(pair, "finetune", mean[1])
+    thr_b, kind_b = _threshold(pair, "base", mean[0])
+    thr_f, kind_f = _threshold(pair, "finetune", mean[1])
     both = torch.isfinite(flat[0]) & torch.isfinite(flat[1]) & (flat[0] <= thr_b) & (flat[1] <= thr_f)
     scale = float(flat[0][both].mean() / flat[1][both].mean()) if both.any() else math.nan
-    return _Calibration(thr_b, thr_f, mean[0], mean[1], scale if math.isfinite(scale) and scale > 0 else 1.0,
-                        int(both.sum())), kept_acts
+    return _Calibration(thr_b, thr_f, kind_b, kind_f, mean[0], mean[1],
+                        scale if math.isfinite(scale) and scale > 0 else 1.0, int(both.sum())), kept_acts
 
 
 def _not_judged_reasons(counts: dict[str, int], cal: _Calibration, n_kept: int, non_special: int) -> list[str]:
@@ -380,7 +386,7 @@ def _stream(pair: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"], base
     ft_splices = [_Splice("base", sae.sae), _Splice("norm_matched", sae.sae, cal.scale)]
     if native is not None:
         ft_splices.append(_Splice("native", native.sae))
-    ft_side = _ModelSide(ft.model, start, ft_splices, sae.d_in, keep_vocab, n_rows)
+    ft_side = _ModelSide(ft.model, start, ft_splices, sae.d_in, keep_vocab, n_rows, track_worst=True)
 
     similarity = metrics.SimilarityAccumulator(n_rows, tokens.shape[1])
     latents = metrics.LatentPairAccumulator(sae.d_sae, partner_permutation(sae.d_sae, pair.seed))
@@ -448,9 +454,8 @@ def _stream(pair: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"], base
     not_judged = () if judged else tuple(_not_judged_reasons(counts, cal, counts["kept"], non_special))
 
     def model_masking(side: str) -> ModelMasking:
-        thr, kind = _threshold(pair, side, cal.mean_norm_base if side == "base" else cal.mean_norm_finetune)
-        return ModelMasking(threshold=thr, threshold_kind=kind,
-                            mean_norm=cal.mean_norm_base if side == "base" else cal.mean_norm_finetune,
+        return ModelMasking(threshold=getattr(cal, f"threshold_{side}"), threshold_kind=getattr(cal, f"kind_{side}"),
+                            mean_norm=getattr(cal, f"mean_norm_{side}"),
                             **{f"n_{c}": counts[f"{c}_{side}"] for c in
                                ("outlier", "nonfinite_activations", "nonfinite_sae", "nonfinite_logits")})
 

@@ -34,15 +34,9 @@ LOG_EPS = 1e-10
 """The post's epsilon for log10 densities and log activations; a dead latent sits at -10."""
 
 
-def safe_ratio(numerator: float, denominator: float) -> float:
-    """numerator / denominator, or NaN when |denominator| < UNDEFINED_DENOMINATOR (or non-finite)."""
-    if not math.isfinite(numerator) or not math.isfinite(denominator) or abs(denominator) < UNDEFINED_DENOMINATOR:
-        return math.nan
-    return numerator / denominator
-
-
 def ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
-    """`safe_ratio` elementwise, for replicate batches."""
+    """numerator / denominator elementwise (a total or a batch of replicate totals), NaN where the
+    denominator is below `UNDEFINED_DENOMINATOR` or either side is non-finite."""
     bad = ~torch.isfinite(numerator) | ~torch.isfinite(denominator) | (denominator.abs() < UNDEFINED_DENOMINATOR)
     return torch.where(bad, torch.full_like(numerator, math.nan), numerator / denominator.where(~bad, 1.0))
 

@@ -9,7 +9,6 @@ whose tokenizers differ). Every threshold-compared quantity carries a bootstrap 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,9 +44,6 @@ class Estimate(Record):
     @property
     def half_width(self) -> float:
         return (self.high - self.low) / 2
-
-    def contains(self, x: float) -> bool:
-        return self.low <= x <= self.high
 
 
 @dataclass(frozen=True)
@@ -354,7 +350,3 @@ class PairResult(Record):
     @classmethod
     def from_json(cls, text: str) -> PairResult:
         return cls.from_dict(json.loads(text))
-
-
-def nan_estimate() -> Estimate:
-    return Estimate(math.nan, math.nan, math.nan)

@@ -10,7 +10,6 @@ SAEBench's metric records carry one (`metric(...)` below sets it).
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from functools import cache
@@ -129,7 +128,3 @@ class Record:
         """The field's one-line description ('' when it has none)."""
         return str(cls.__dataclass_fields__[name].metadata.get(_DOC, ""))
 
-
-def finite_or_nan(value: float | None) -> float:
-    """A float for a metric slot: None and non-finite values become NaN (undefined, never a number)."""
-    return math.nan if value is None or not math.isfinite(value) else float(value)
