@@ -34,9 +34,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     pairs = load_registry(registry_files(metafunc.config.getoption("--registry")))
     params = []
     for pair in pairs:
-        # one xdist group per pair (`--dist loadgroup`, pytest.ini): a pair's findings and claims run on one
-        # worker, which computes its result once, while the other workers take other pairs
-        marks = [pytest.mark.xdist_group(pair.test_id)]
+        # one xdist group per pass (`--dist loadgroup`, pytest.ini): the findings and claims of a pair's
+        # evaluations on one dataset run on one worker, which computes them in one pass, while the other
+        # workers take other pairs
+        marks = [pytest.mark.xdist_group(pair.group_id)]
         if pair.needs_gpu:
             marks.append(pytest.mark.gpu)
         if pair.needs_hub:

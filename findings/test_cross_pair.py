@@ -21,6 +21,8 @@ def _available_results(registry, run_config):
 
     out = {}
     for pair in registry:
+        if not pair.primary:  # the cross-pair claims read each entry's own (hook, dataset, base -> finetune)
+            continue
         config = RunConfig.for_pair(pair, **run_config, progress=False)
         if pair.needs_gpu and config.device != "cuda":
             continue

@@ -20,7 +20,7 @@ import hashlib
 import json
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,19 +96,34 @@ def decode_entry(data: bytes) -> PairResult:
 
 def cached_result(directory: Path, key: str, compute: Callable[[], PairResult], refresh: bool = False) -> PairResult:
     """Read `key` from `directory`, or compute, store and return it; one process computes a key at a time."""
+    return cached_results(directory, {key: key}, lambda _: {key: compute()}, refresh=refresh)[key]
+
+
+def cached_results(directory: Path, keys: Mapping[str, str], compute: Callable[[list[str]], Mapping[str, PairResult]],
+                   refresh: bool = False) -> dict[str, PairResult]:
+    """Results for several names (name -> key) computed together: those absent (all, with `refresh`) are
+    computed in one `compute(names)` call and stored. One process at a time per set of keys."""
     directory = Path(directory)
-    path = directory / f"{key}.json"
     directory.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(directory / f".lock-{key[:2]}")):
+    stripe = min(keys.values())[:2]  # a single key's own stripe
+    with FileLock(str(directory / f".lock-{stripe}")):
         remove_stale_temp_files(directory)
-        if path.exists() and not refresh:
-            try:
-                return decode_entry(path.read_bytes())
-            except CacheEntryError as err:
-                warnings.warn(f"cache entry {path} rejected, recomputing it: {err}", CacheEntryWarning, stacklevel=2)
-        result = compute()
-        write_atomic(path, encode_entry(result))
-        return result
+        out: dict[str, PairResult] = {}
+        for name, key in keys.items():
+            path = directory / f"{key}.json"
+            if path.exists() and not refresh:
+                try:
+                    out[name] = decode_entry(path.read_bytes())
+                except CacheEntryError as err:
+                    warnings.warn(f"cache entry {path} rejected, recomputing it: {err}", CacheEntryWarning,
+                                  stacklevel=3)
+        missing = [name for name in keys if name not in out]
+        if missing:
+            computed = compute(missing)
+            for name in missing:
+                write_atomic(directory / f"{keys[name]}.json", encode_entry(computed[name]))
+                out[name] = computed[name]
+        return out
 
 
 def remove_stale_temp_files(directory: Path, older_than: float = STALE_TMP_SECONDS) -> list[Path]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -25,13 +25,20 @@ class RunConfig:
     dtype: str = "float32"
     allow_hub: bool = False
     progress: bool = True
+    tokens_override: bool = False
+    """`n_tokens` came from `--tokens`: it is then every evaluation's budget, not just this one's."""
 
     @classmethod
     def for_pair(cls, pair: Pair, *, tokens: int | None = None, gpu: bool = False, hub: bool = False,
                  progress: bool = True) -> RunConfig:
         """From the options (--tokens, --gpu, --hub): `tokens` overrides the pair's own budget."""
         device, dtype = device_and_dtype(gpu)
-        return cls(n_tokens=tokens or pair.n_tokens, device=device, dtype=dtype, allow_hub=hub, progress=progress)
+        return cls(n_tokens=tokens or pair.n_tokens, device=device, dtype=dtype, allow_hub=hub, progress=progress,
+                   tokens_override=tokens is not None)
+
+    def for_member(self, pair: Pair) -> RunConfig:
+        """A sibling evaluation's config (same pass): its own budget unless `--tokens` set every budget."""
+        return self if self.tokens_override else replace(self, n_tokens=pair.n_tokens)
 
     @property
     def torch_dtype(self) -> torch.dtype:

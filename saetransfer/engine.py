@@ -18,6 +18,8 @@ Below `masking.KEPT_FLOOR` the pair is `not judged`, with the masked share per c
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import platform
 from collections.abc import Sequence
@@ -33,7 +35,7 @@ from saetransfer import metrics, uncertainty
 from saetransfer.config import RunConfig
 from saetransfer.features import feature_transfer, partner_permutation
 from saetransfer.masking import KEPT_FLOOR
-from saetransfer.registry import Pair
+from saetransfer.registry import Pair, group_of, swapped
 from saetransfer.results import (
     METRIC_VERSION, Comparisons, Density, Masking, ModelMasking, NormMatching, PairResult, Provenance, SaeEvaluation,
     SaeMetrics, Similarity, TokenContext, WorstTokens,
@@ -134,73 +136,40 @@ class _Splice:
     sae: Any
     scale: float = 1.0
 
+    @property
+    def key(self) -> tuple[int, float]:
+        return id(self.sae), self.scale
+
 
 @dataclass(frozen=True)
 class _Encoded:
     feats: Float[Tensor, "n s"]
     x_hat: Float[Tensor, "n d"]
+    finite: Bool[Tensor, " n"]
 
     def subset(self, keep: Bool[Tensor, " n"]) -> _Encoded:
-        return _Encoded(self.feats[keep], self.x_hat[keep])
+        return _Encoded(self.feats[keep], self.x_hat[keep], self.finite[keep])
 
 
-class _ModelSide:
-    """Accumulators for one model (base or finetune) and the SAEs spliced into it."""
+def _encode(splice: _Splice, x: Float[Tensor, "n d"]) -> _Encoded:
+    sae, scale = splice.sae, splice.scale
+    feats = sae.encode((x * scale).to(sae.dtype) if scale != 1.0 else x.to(sae.dtype))
+    x_hat = sae.decode(feats)
+    x_hat = x_hat / scale if scale != 1.0 else x_hat
+    return _Encoded(feats, x_hat, torch.isfinite(feats).all(-1) & torch.isfinite(x_hat).all(-1))
 
-    def __init__(self, model: Any, start: int, splices: Sequence[_Splice], d_in: int, keep_vocab: int,
-                 n_rows: int, track_worst: bool = False) -> None:
-        self.model, self.start, self.splices, self.keep_vocab = model, start, tuple(splices), keep_vocab
+
+class _SideSums:
+    """One evaluation's accumulators on one model (the SAE's own, or the other) for each SAE spliced there."""
+
+    def __init__(self, splices: Sequence[_Splice], d_in: int, n_rows: int, track_worst: bool = False) -> None:
+        self.splices = tuple(splices)
         self.recon = {s.name: metrics.ReconstructionAccumulator(n_rows, d_in, s.sae.cfg.d_sae) for s in splices}
         self.down = {s.name: metrics.DownstreamAccumulator(n_rows) for s in splices}
         self.track_worst = track_worst
-        """Keep the worst tokens of the base SAE: only the finetune's are reported."""
+        """Keep the worst tokens of the evaluated SAE: only the other model's are reported."""
         self.worst_kl = _TopK()
         self.worst_recon = _TopK()
-        zeros = torch.zeros(1, 1, model.cfg.d_model, device=model.cfg.device, dtype=model.cfg.dtype)
-        final = model(zeros, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
-        self.ablated_logits = _final_logits(model, final[0]).squeeze(0).float()
-
-    def acts(self, tokens: Int[Tensor, "b p"]) -> Float[Tensor, "b p d"]:
-        return self.model(tokens, stop_at_layer=self.start)
-
-    def encode(self, x: Float[Tensor, "n d"]) -> tuple[dict[str, _Encoded], Bool[Tensor, " n"]]:
-        """Every SAE's latents and reconstruction of `x`, and which positions are finite in all of them."""
-        out, finite = {}, torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        for s in self.splices:
-            feats = s.sae.encode((x * s.scale).to(s.sae.dtype) if s.scale != 1.0 else x.to(s.sae.dtype))
-            x_hat = s.sae.decode(feats)
-            x_hat = x_hat / s.scale if s.scale != 1.0 else x_hat
-            finite &= torch.isfinite(feats).all(-1) & torch.isfinite(x_hat).all(-1)
-            out[s.name] = _Encoded(feats, x_hat)
-        return out, finite
-
-    def downstream(self, acts: Float[Tensor, "b p d"], tokens: Int[Tensor, "b p"], spliced_at: Bool[Tensor, "b p"],
-                   encoded: dict[str, _Encoded]) -> tuple[dict[str, Float[Tensor, "n k"]], Bool[Tensor, " n"]]:
-        """Per-position CE/KL terms of every splice at the `spliced_at` positions, and where all are finite."""
-        n_layers = self.model.cfg.n_layers
-        final_clean = self.model(acts, start_at_layer=self.start, stop_at_layer=n_layers)[spliced_at]
-        # the next token where there is one (-1 at a row's last position: KL counts it, CE cannot)
-        targets = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], -1)], dim=1)[spliced_at]
-        finals = {}
-        for s in self.splices:
-            spliced = acts.clone()
-            spliced[spliced_at] = encoded[s.name].x_hat.to(acts.dtype)
-            finals[s.name] = self.model(spliced, start_at_layer=self.start, stop_at_layer=n_layers)[spliced_at]
-        chunk = max(1, LOGIT_CHUNK_ELEMENTS // self.model.cfg.d_vocab_out)
-        terms: dict[str, list[Tensor]] = {s.name: [] for s in self.splices}
-        for lo in range(0, targets.numel(), chunk):
-            sl = slice(lo, lo + chunk)
-            clean = metrics.CleanDistribution.from_logits(_final_logits(self.model, final_clean[sl]),
-                                                          self.ablated_logits, self.keep_vocab)
-            for name, final in finals.items():
-                terms[name].append(metrics.downstream_terms(clean, _final_logits(self.model, final[sl]), targets[sl],
-                                                            self.keep_vocab))
-        width = len(metrics.DOWNSTREAM_COLUMNS)
-        stacked = {name: torch.cat(t) if t else torch.zeros(0, width, dtype=torch.float64) for name, t in terms.items()}
-        finite = torch.ones(targets.numel(), dtype=torch.bool, device=targets.device)
-        for t in stacked.values():
-            finite &= torch.isfinite(t).all(-1).to(finite.device)
-        return stacked, finite
 
     def accumulate(self, x: Float[Tensor, "n d"], encoded: dict[str, _Encoded], terms: dict[str, Float[Tensor, "n k"]],
                    rows: Int[Tensor, " n"], positions: Int[Tensor, " n"]) -> None:
@@ -257,50 +226,102 @@ def _decode_context(tokenizer: Any, tokens: Tensor, score: float, row: int, pos:
 
 
 def evaluate_pair(pair: Pair, config: RunConfig) -> PairResult:
-    """Run every finding's computation for `pair` in one streaming pass."""
+    """One evaluation on its own (`evaluate_group` without its siblings)."""
+    return evaluate_group([pair], [config])[pair.test_id]
+
+
+def evaluate_group(pairs: Sequence[Pair], configs: Sequence[RunConfig]) -> dict[str, PairResult]:
+    """Evaluations of one registry entry on one dataset (`registry.group_of`), in one streaming pass.
+
+    Per batch each model runs once, up to its deepest hook and on to its logits; each splice (an SAE at
+    its hook, in either direction) is one pass from its own hook's layer. `configs[i]` is `pairs[i]`'s
+    (its own token budget: an evaluation reads the first rows of the shared sample); device, dtype and
+    Hub access come from the first. Returns test id -> result.
+    """
     from saetransfer import loading
 
-    warnings = loading.preflight(pair, config)  # everything knowable from configs, before any weights
+    config = configs[0]
     device, dtype = config.device, config.torch_dtype
-    sae = loading.load_sae(pair.sae, device=device, allow_hub=config.allow_hub)
-    warnings += _normalisation_warnings(sae)
-    context = pair.context_size or sae.context_size
-    prepend_bos = sae.prepend_bos if pair.prepend_bos is None else pair.prepend_bos
-    base_tok = loading.load_tokenizer(pair.base, allow_hub=config.allow_hub)
-    ft_tok = loading.load_tokenizer(pair.finetune, allow_hub=config.allow_hub)
-    sample = loading.sample_tokens(pair.dataset, base_tok, n_tokens=config.n_tokens, context_size=context,
-                                   prepend_bos=prepend_bos, seed=pair.seed, allow_hub=config.allow_hub)
+    # everything knowable from configs, before any weights
+    warnings = {p.test_id: loading.preflight(p, c) for p, c in zip(pairs, configs)}
+    saes: dict[Any, Any] = {}
+
+    def sae_of(source: Any) -> Any:
+        if source not in saes:
+            saes[source] = loading.load_sae(source, device=device, allow_hub=config.allow_hub)
+        return saes[source]
+
+    for p in pairs:
+        warnings[p.test_id] += _normalisation_warnings(sae_of(p.sae))
+        if p.native_sae is not None:
+            sae_of(p.native_sae)
+    entry = pairs[0] if pairs[0].direction == "forward" else swapped(pairs[0])  # the entry's base and finetune
+    first = sae_of(pairs[0].sae)
+    context = pairs[0].context_size or first.context_size
+    prepend_bos = first.prepend_bos if pairs[0].prepend_bos is None else pairs[0].prepend_bos
+    for p in pairs[1:]:
+        own = p.context_size or sae_of(p.sae).context_size
+        if own != context:
+            warnings[p.test_id].append(f"evaluated at context {context}, shared with the pair's other evaluations "
+                                       f"on this dataset; this SAE was trained at {own}")
+    base_tok = loading.load_tokenizer(entry.base, allow_hub=config.allow_hub)
+    ft_tok = loading.load_tokenizer(entry.finetune, allow_hub=config.allow_hub)
+    sample = loading.sample_tokens(entry.dataset, base_tok, n_tokens=max(c.n_tokens for c in configs),
+                                   context_size=context, prepend_bos=prepend_bos, seed=entry.seed,
+                                   allow_hub=config.allow_hub)
     comparison = loading.compare_tokenizers(base_tok, ft_tok)
     compat = loading.check_compatible(base_tok, ft_tok, sample.tokens)
-    remote = pair.base.trust_remote_code or pair.finetune.trust_remote_code
-    provenance = Provenance(
-        pair_id=pair.id, test_id=pair.test_id, hook=pair.hook, sae=pair.sae.describe(),
-        sae_architecture=sae.architecture, d_sae=sae.d_sae, base=pair.base.describe(),
-        finetune=pair.finetune.describe(), dataset=pair.dataset.describe(), dataset_revision=sample.dataset_revision,
-        token_sha256=sample.sha256, n_tokens=int(sample.tokens.numel()), n_rows=int(sample.tokens.shape[0]),
-        context_size=context, prepend_bos=prepend_bos, seed=pair.seed, device=device, dtype=config.dtype,
-        versions=library_versions(), metric_version=METRIC_VERSION, trust_remote_code=remote,
-        warnings=tuple(warnings))
-    if not compat.compatible:
-        verdict = decide(base=SaeQuality(), finetune=SaeQuality(), architecture=sae.architecture,
-                         comparable=False, not_comparable_reason=compat.reason)
-        return PairResult(provenance=provenance, tokenizer=comparison, compatibility=compat, verdict=verdict)
+    remote = entry.base.trust_remote_code or entry.finetune.trust_remote_code
 
-    processing = loading.processing_for(sae.model_from_pretrained_kwargs)
+    def provenance(p: Pair, c: RunConfig) -> Provenance:
+        sae = sae_of(p.sae)
+        rows = sample.tokens[: math.ceil(c.n_tokens / context)]
+        return Provenance(
+            pair_id=p.id, test_id=p.test_id, hook=p.hook, sae=p.sae.describe(), sae_architecture=sae.architecture,
+            d_sae=sae.d_sae, base=p.base.describe(), finetune=p.finetune.describe(), dataset=p.dataset.describe(),
+            dataset_revision=sample.dataset_revision, token_sha256=loading.tokens_sha256(rows),
+            n_tokens=int(rows.numel()), n_rows=int(rows.shape[0]), context_size=context, prepend_bos=prepend_bos,
+            seed=p.seed, device=device, dtype=config.dtype, versions=library_versions(),
+            metric_version=METRIC_VERSION, trust_remote_code=remote, warnings=tuple(warnings[p.test_id]),
+            direction=p.direction, dataset_name=p.dataset.key, sae_trained_on=sae.trained_on)
+
+    provenances = {p.test_id: provenance(p, c) for p, c in zip(pairs, configs)}
+    if not compat.compatible:
+        out = {}
+        for p in pairs:
+            verdict = decide(base=SaeQuality(), finetune=SaeQuality(), architecture=sae_of(p.sae).architecture,
+                             comparable=False, not_comparable_reason=compat.reason)
+            out[p.test_id] = PairResult(provenance=provenances[p.test_id], tokenizer=comparison,
+                                        compatibility=compat, verdict=verdict)
+        return out
+
+    processings = {json.dumps(loading.processing_for(s.model_from_pretrained_kwargs), sort_keys=True)
+                   for s in saes.values()}
+    if len(processings) > 1:
+        raise loading.SaeMismatchError(
+            f"{entry.id}: its SAEs were trained on differently processed models ({sorted(processings)}); one "
+            "streaming pass needs one model, so register the SAEs that differ as a pair entry of their own")
+    processing = json.loads(processings.pop())
     # n_ctx = the evaluation context: Gemma's default 8192 would allocate 64 MB causal masks per layer
     load = dict(device=device, dtype=dtype, processing=processing, allow_hub=config.allow_hub, n_ctx=context)
-    base = loading.load_model(pair.base, **load)
-    ft = base if pair.finetune == pair.base else loading.load_model(pair.finetune, **load)
-    loading.check_sae_fits(base.model, sae, pair.hook)
-    loading.check_sae_fits(ft.model, sae, pair.hook)
-    native = None if pair.native_sae is None else loading.load_sae(pair.native_sae, device=device,
-                                                                     allow_hub=config.allow_hub)
-    if native is not None:
-        loading.check_sae_fits(ft.model, native, pair.hook)
-    provenance = replace(provenance, base_revision=base.revision, finetune_revision=ft.revision,
-                         base_d_vocab=base.d_vocab, finetune_d_vocab=ft.d_vocab)
+    base = loading.load_model(entry.base, **load)
+    ft = base if entry.finetune == entry.base else loading.load_model(entry.finetune, **load)
+    models = {"base": base, "finetune": ft}
+    members = []
+    for p, c in zip(pairs, configs):
+        home, away = ("base", "finetune") if p.direction == "forward" else ("finetune", "base")
+        sae = sae_of(p.sae)
+        native = None if p.native_sae is None else sae_of(p.native_sae)
+        loading.check_sae_fits(models[home].model, sae, p.hook)
+        loading.check_sae_fits(models[away].model, sae, p.hook)
+        if native is not None:
+            loading.check_sae_fits(models[away].model, native, p.hook)
+        prov = replace(provenances[p.test_id], base_revision=models[home].revision,
+                       finetune_revision=models[away].revision, base_d_vocab=models[home].d_vocab,
+                       finetune_d_vocab=models[away].d_vocab)
+        members.append(_Member(p, home, away, sae, native, math.ceil(c.n_tokens / context), prov))
     with torch.inference_mode():
-        return _stream(pair, config, sample.tokens, base, ft, sae, native, base_tok, comparison, compat, provenance)
+        return _stream_group(entry, config, sample.tokens, models, members, base_tok, comparison, compat)
 
 
 @dataclass(frozen=True)
@@ -325,29 +346,42 @@ def _threshold(pair: Pair, side: str, mean_norm: float) -> tuple[float, str]:
     return policy.relative * mean_norm, f"relative ({policy.relative:g} x this model's mean norm)"
 
 
-def _calibrate(pair: Pair, batches: Sequence[Tensor], to_hook: tuple[Any, Any], special: Tensor,
-               device: str) -> tuple[_Calibration, list[tuple[Tensor, Tensor]]]:
-    """Each model's typical norm (its outlier threshold), then the norm-matching scale on the positions both keep.
+@dataclass(frozen=True)
+class _HookCalibration:
+    """One hook's outlier thresholds per model (the entry's roles), and the norms both models keep."""
 
-    Also returns the calibration batches' activations, which the main pass reuses instead of recomputing.
-    """
-    norms: list[list[Tensor]] = [[], []]
-    kept_acts = []
-    for batch in batches[:CALIBRATION_BATCHES]:
-        batch = batch.to(device)
-        ok = ~torch.isin(batch, special)
-        acts = tuple(to(batch) for to in to_hook)
-        kept_acts.append(acts)
-        for i, a in enumerate(acts):
-            norms[i].append(a.float().norm(dim=-1)[ok])
-    flat = [torch.cat(n).double() for n in norms]
-    mean = [float(n[torch.isfinite(n)].mean()) if torch.isfinite(n).any() else math.nan for n in flat]
-    thr_b, kind_b = _threshold(pair, "base", mean[0])
-    thr_f, kind_f = _threshold(pair, "finetune", mean[1])
-    both = torch.isfinite(flat[0]) & torch.isfinite(flat[1]) & (flat[0] <= thr_b) & (flat[1] <= thr_f)
-    scale = float(flat[0][both].mean() / flat[1][both].mean()) if both.any() else math.nan
-    return _Calibration(thr_b, thr_f, kind_b, kind_f, mean[0], mean[1],
-                        scale if math.isfinite(scale) and scale > 0 else 1.0, int(both.sum())), kept_acts
+    threshold: dict[str, float]
+    kind: dict[str, str]
+    mean_norm: dict[str, float]
+    kept_norms: dict[str, Tensor]
+    """Per model, ||x|| at the calibration positions finite and under the threshold on both models."""
+
+    def for_member(self, home: str, away: str) -> _Calibration:
+        a, b = self.kept_norms[home], self.kept_norms[away]
+        scale = float(a.mean() / b.mean()) if a.numel() else math.nan
+        return _Calibration(self.threshold[home], self.threshold[away], self.kind[home], self.kind[away],
+                            self.mean_norm[home], self.mean_norm[away],
+                            scale if math.isfinite(scale) and scale > 0 else 1.0, int(a.numel()))
+
+
+def _calibrate(entry: Pair, acts: Sequence[dict[str, dict[int, Tensor]]], batches: Sequence[Tensor],
+               special: Tensor, starts: Sequence[int]) -> dict[int, _HookCalibration]:
+    """Each model's typical norm at each hook (its outlier threshold), from the calibration batches."""
+    out = {}
+    for s in starts:
+        flat = {}
+        for role in ("base", "finetune"):
+            norms = [a[role][s].float().norm(dim=-1)[~torch.isin(b, special)] for a, b in zip(acts, batches)]
+            flat[role] = torch.cat(norms).double()
+        mean = {r: float(n[torch.isfinite(n)].mean()) if torch.isfinite(n).any() else math.nan for r, n in flat.items()}
+        thr, kind = {}, {}
+        for role in flat:
+            thr[role], kind[role] = _threshold(entry, role, mean[role])
+        both = torch.ones_like(flat["base"], dtype=torch.bool)
+        for role, n in flat.items():
+            both &= torch.isfinite(n) & (n <= thr[role])
+        out[s] = _HookCalibration(thr, kind, mean, {r: n[both] for r, n in flat.items()})
+    return out
 
 
 def _not_judged_reasons(counts: dict[str, int], cal: _Calibration, n_kept: int, non_special: int) -> list[str]:
@@ -371,83 +405,232 @@ def _not_judged_reasons(counts: dict[str, int], cal: _Calibration, n_kept: int, 
     return out
 
 
-def _stream(pair: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"], base: Any, ft: Any, sae: Any,
-            native: Any, tokenizer: Any, comparison: Any, compat: Any, provenance: Provenance) -> PairResult:
-    device = config.device
-    start = hook_start_layer(pair.hook)
-    keep_vocab = base.d_vocab
-    n_rows = tokens.shape[0]
-    special = _special_ids(tokenizer).to(device)
-    batches = tokens.split(pair.batch_size)
-    base_side = _ModelSide(base.model, start, [_Splice("base", sae.sae)], sae.d_in, keep_vocab, n_rows)
-    same_model = ft.model is base.model  # the identity pair: one forward serves both sides
-    to_ft = base_side.acts if same_model else (lambda t: ft.model(t, stop_at_layer=start))
-    cal, calibration_acts = _calibrate(pair, batches, (base_side.acts, to_ft), special, device)
-    ft_splices = [_Splice("base", sae.sae), _Splice("norm_matched", sae.sae, cal.scale)]
-    if native is not None:
-        ft_splices.append(_Splice("native", native.sae))
-    ft_side = _ModelSide(ft.model, start, ft_splices, sae.d_in, keep_vocab, n_rows, track_worst=True)
+_CAUSES = ("outlier", "nonfinite_activations", "nonfinite_sae", "nonfinite_logits")
 
-    similarity = metrics.SimilarityAccumulator(n_rows, tokens.shape[1])
-    latents = metrics.LatentPairAccumulator(sae.d_sae, partner_permutation(sae.d_sae, pair.seed))
-    worst_cos, outliers_top = _TopK(), _TopK()
-    counts = dict.fromkeys(("positions", "special", "outlier_union", "kept", "excluded"), 0)
-    for side in ("base", "finetune"):
-        for cause in ("outlier", "nonfinite_activations", "nonfinite_sae", "nonfinite_logits"):
-            counts[f"{cause}_{side}"] = 0
+
+class _Member:
+    """One evaluation of the group: the SAE on its own model (`home`) and on the other (`away`)."""
+
+    def __init__(self, pair: Pair, home: str, away: str, sae: Any, native: Any, n_rows: int,
+                 provenance: Provenance) -> None:
+        self.pair, self.home, self.away, self.sae, self.native = pair, home, away, sae, native
+        self.n_rows, self.provenance = n_rows, provenance
+        self.start = hook_start_layer(pair.hook)
+        self.counts = dict.fromkeys(("positions", "special", "outlier_union", "kept", "excluded"), 0)
+        for side in ("base", "finetune"):  # this evaluation's orientation: base = home
+            for cause in _CAUSES:
+                self.counts[f"{cause}_{side}"] = 0
+
+    def begin(self, cal: _HookCalibration, n_ctx: int) -> None:
+        """Accumulators, once the calibration has fixed the norm-matching scale."""
+        self.cal = cal.for_member(self.home, self.away)
+        d_in = self.sae.d_in
+        self.sides = {
+            self.home: _SideSums([_Splice("base", self.sae.sae)], d_in, self.n_rows),
+            self.away: _SideSums([_Splice("base", self.sae.sae), _Splice("norm_matched", self.sae.sae, self.cal.scale),
+                                  *([_Splice("native", self.native.sae)] if self.native is not None else [])],
+                                 d_in, self.n_rows, track_worst=True)}
+        self.similarity = metrics.SimilarityAccumulator(self.n_rows, n_ctx)
+        self.latents = metrics.LatentPairAccumulator(self.sae.d_sae, partner_permutation(self.sae.d_sae, self.pair.seed))
+        self.worst_cos, self.outliers_top = _TopK(), _TopK()
+
+
+def _chain(model: Any, tokens: Int[Tensor, "b p"], starts: Sequence[int]) -> dict[int, Tensor]:
+    """The residual at the input of each block in `starts` (ascending), from one pass up to the deepest."""
+    out, x, at = {}, None, 0
+    for s in starts:
+        x = model(tokens, stop_at_layer=s) if x is None else model(x, start_at_layer=at, stop_at_layer=s)
+        out[s], at = x, s
+    return out
+
+
+def _stream_group(entry: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"], models: dict[str, Any],
+                  members: Sequence[_Member], tokenizer: Any, comparison: Any, compat: Any) -> dict[str, PairResult]:
+    device = config.device
+    keep_vocab = models["base"].d_vocab
+    special = _special_ids(tokenizer).to(device)
+    n_rows = max(m.n_rows for m in members)
+    tokens = tokens[:n_rows]
+    batches = tokens.split(entry.batch_size)
+    starts = sorted({m.start for m in members})
+    same_model = models["finetune"].model is models["base"].model  # the identity pair: one forward serves both
+    roles = ("base",) if same_model else ("base", "finetune")
+
+    def forward(batch: Tensor) -> dict[str, dict[int, Tensor]]:
+        acts = {r: _chain(models[r].model, batch, starts) for r in roles}
+        return {"base": acts["base"], "finetune": acts["base" if same_model else "finetune"]}
+
+    calibration_batches = [b.to(device) for b in batches[:CALIBRATION_BATCHES]]
+    calibration_acts = [forward(b) for b in calibration_batches]
+    calibration = _calibrate(entry, calibration_acts, calibration_batches, special, starts)
+    for m in members:
+        m.begin(calibration[m.start], tokens.shape[1])
+    ablated = {(r, s): _final_logits(models[r].model, models[r].model(
+        torch.zeros(1, 1, models[r].model.cfg.d_model, device=device, dtype=models[r].model.cfg.dtype),
+        start_at_layer=s, stop_at_layer=models[r].model.cfg.n_layers)[0]).squeeze(0).float()
+        for r in ("base", "finetune") for s in starts}
+
     row = 0
-    for index, batch in enumerate(tqdm(batches, desc=f"{pair.id}", disable=not config.progress, unit="batch")):
+    desc = f"{entry.id} [{entry.dataset.key}]"
+    for index, batch in enumerate(tqdm(batches, desc=desc, disable=not config.progress, unit="batch")):
         batch = batch.to(device)
         if index < len(calibration_acts):
-            acts_b, acts_f = calibration_acts[index]
-            calibration_acts[index] = ()  # free it
+            acts = calibration_acts[index]
+            calibration_acts[index] = {}  # free it
         else:
-            acts_b = base_side.acts(batch)
-            acts_f = acts_b if same_model else ft_side.acts(batch)
-        is_special = torch.isin(batch, special)
-        fin_b, fin_f = torch.isfinite(acts_b).all(-1), torch.isfinite(acts_f).all(-1)
-        norm_b, norm_f = acts_b.float().norm(dim=-1), acts_f.float().norm(dim=-1)
-        out_b = fin_b & ~is_special & (norm_b > cal.threshold_base)
-        out_f = fin_f & ~is_special & (norm_f > cal.threshold_finetune)
-        candidate = ~is_special & fin_b & fin_f & ~out_b & ~out_f
-        # SAEs first: a position whose latents are non-finite on either model is not spliced anywhere
-        enc_b, ok_b = base_side.encode(acts_b[candidate])
-        enc_f, ok_f = ft_side.encode(acts_f[candidate])
-        spliced_at = candidate.clone()
-        spliced_at[candidate] = ok_b & ok_f
-        ok = ok_b & ok_f
-        enc_b = {k: v.subset(ok) for k, v in enc_b.items()}
-        enc_f = {k: v.subset(ok) for k, v in enc_f.items()}
-        terms_b, logits_ok_b = base_side.downstream(acts_b, batch, spliced_at, enc_b)
-        terms_f, logits_ok_f = ft_side.downstream(acts_f, batch, spliced_at, enc_f)
-        keep = logits_ok_b & logits_ok_f
-        kept = spliced_at.clone()
-        kept[spliced_at] = keep
-        for side, nonfinite, outliers, sae_ok, logits_ok in (("base", ~fin_b, out_b, ok_b, logits_ok_b),
-                                                              ("finetune", ~fin_f, out_f, ok_f, logits_ok_f)):
-            counts[f"outlier_{side}"] += int(outliers.sum())
-            counts[f"nonfinite_activations_{side}"] += int((nonfinite & ~is_special).sum())
-            counts[f"nonfinite_sae_{side}"] += int((~sae_ok).sum())
-            counts[f"nonfinite_logits_{side}"] += int((~logits_ok).sum())
-        counts["positions"] += batch.numel()
-        counts["special"] += int(is_special.sum())
-        counts["outlier_union"] += int((out_b | out_f).sum())
-        counts["kept"] += int(kept.sum())
-        counts["excluded"] += int((~is_special & ~kept).sum())
-
-        r, p = kept.nonzero(as_tuple=True)
-        rows = r + row
-        base_side.accumulate(acts_b[kept], {k: v.subset(keep) for k, v in enc_b.items()},
-                             {k: v[keep] for k, v in terms_b.items()}, rows, p)
-        ft_side.accumulate(acts_f[kept], {k: v.subset(keep) for k, v in enc_f.items()},
-                           {k: v[keep] for k, v in terms_f.items()}, rows, p)
-        latents.update(enc_b["base"].feats[keep], enc_f["base"].feats[keep], rows)
-        similarity.update(acts_b, acts_f, kept, fin_b & fin_f, row)
-        worst_cos.update(-metrics.cosine(acts_b[kept], acts_f[kept]), rows, p)
-        ro, po = (out_b | out_f).nonzero(as_tuple=True)
-        outliers_top.update(torch.maximum(norm_b, norm_f)[out_b | out_f], ro + row, po)
+            acts = forward(batch)
+        active_members = [m for m in members if m.n_rows > row]
+        _batch_step(active_members, models, acts, batch, row, calibration, special, ablated, keep_vocab, same_model)
         row += batch.shape[0]
+    return {m.pair.test_id: _finish(m, models, tokens, tokenizer, comparison, compat) for m in members}
 
+
+def _batch_step(members: Sequence[_Member], models: dict[str, Any], acts: dict[str, dict[int, Tensor]],
+                batch: Int[Tensor, "b p"], row: int, calibration: dict[int, _HookCalibration], special: Tensor,
+                ablated: dict[tuple[str, int], Tensor], keep_vocab: int, same_model: bool) -> None:
+    """One batch for every evaluation: masks, encodings and spliced passes shared wherever they coincide."""
+    is_special = torch.isin(batch, special)
+    n_layers = {r: models[r].model.cfg.n_layers for r in models}
+    masks: dict[int, dict[str, Tensor]] = {}
+    for s in {m.start for m in members}:
+        cal = calibration[s]
+        fin = {r: torch.isfinite(acts[r][s]).all(-1) for r in models}
+        norm = {r: acts[r][s].float().norm(dim=-1) for r in models}
+        out = {r: fin[r] & ~is_special & (norm[r] > cal.threshold[r]) for r in models}
+        masks[s] = {"candidate": ~is_special & fin["base"] & fin["finetune"] & ~out["base"] & ~out["finetune"],
+                    **{f"fin_{r}": fin[r] for r in models}, **{f"out_{r}": out[r] for r in models},
+                    **{f"norm_{r}": norm[r] for r in models}}
+    # SAEs first: a position whose latents are non-finite on either model is not spliced for that evaluation
+    encodings: dict[tuple[str, int, tuple[int, float]], _Encoded] = {}
+
+    def encoded(role: str, s: int, splice: _Splice) -> _Encoded:
+        key = ("base" if same_model else role, s, splice.key)
+        if key not in encodings:
+            encodings[key] = _encode(splice, acts[role][s][masks[s]["candidate"]])
+        return encodings[key]
+
+    plans = []
+    for m in members:
+        cand = masks[m.start]["candidate"]
+        active = torch.zeros_like(cand)
+        active[: m.n_rows - row] = True
+        sae_ok = {}
+        for role, side in m.sides.items():
+            ok = torch.ones(int(cand.sum()), dtype=torch.bool, device=cand.device)
+            for sp in side.splices:
+                ok &= encoded(role, m.start, sp).finite
+            sae_ok[role] = ok
+        spliced_at = cand & active
+        spliced_at[cand] &= sae_ok[m.home] & sae_ok[m.away]
+        plans.append((m, active, sae_ok, spliced_at))
+
+    # spliced passes: one per (model, hook, SAE, scale, splice positions)
+    finals: dict[str, list[tuple[tuple[int, tuple[int, float]], Tensor, Tensor]]] = {r: [] for r in models}
+
+    def spliced_final(role: str, s: int, splice: _Splice, at: Tensor) -> Tensor:
+        model_role = "base" if same_model else role
+        for key, mask, final in finals[model_role]:
+            if key == (s, splice.key) and torch.equal(mask, at):
+                return final
+        enc = encoded(role, s, splice)
+        x = acts[role][s].clone()
+        x[at] = enc.x_hat[at[masks[s]["candidate"]]].to(x.dtype)
+        final = models[role].model(x, start_at_layer=s, stop_at_layer=n_layers[role])
+        finals[model_role].append(((s, splice.key), at, final))
+        return final
+
+    union = torch.zeros_like(is_special)
+    for _, _, _, at in plans:
+        union |= at
+    targets = torch.cat([batch[:, 1:], torch.full_like(batch[:, :1], -1)], dim=1)[union]
+    # the clean next-token distribution once per model and chunk of positions, shared by every splice
+    deepest = max(masks)
+    clean_final = {r: models[r].model(acts[r][deepest], start_at_layer=deepest, stop_at_layer=n_layers[r])[union]
+                   for r in (("base",) if same_model else models)}
+    per_member_finals = []
+    for m, _, _, at in plans:
+        per_member_finals.append({role: {sp.name: spliced_final(role, m.start, sp, at)[union] for sp in side.splices}
+                                  for role, side in m.sides.items()})
+    terms: list[dict[str, dict[str, list[Tensor]]]] = [{role: {sp.name: [] for sp in m.sides[role].splices}
+                                                        for role in m.sides} for m, *_ in plans]
+    model_roles = ("base",) if same_model else ("base", "finetune")
+    own = lambda role: "base" if same_model else role  # noqa: E731  (the model a role runs on)
+    first = min(masks)
+    ablated_lp = {(r, s): metrics.token_log_probs(ablated[r, s].unsqueeze(0), keep_vocab)[0].squeeze(0)
+                  for r in models for s in masks}
+    chunk = max(1, LOGIT_CHUNK_ELEMENTS // max(models[r].model.cfg.d_vocab_out for r in models))
+    for lo in range(0, int(union.sum()), chunk):
+        sl = slice(lo, lo + chunk)
+        cleans = {r: metrics.CleanDistribution.from_logits(_final_logits(models[r].model, clean_final[r][sl]),
+                                                           ablated[r, first], keep_vocab) for r in model_roles}
+        for i, (m, *_rest) in enumerate(plans):
+            for role in m.sides:
+                clean = cleans[own(role)]
+                if m.start != first:  # the zero-ablation baseline is the hook's own
+                    clean = dataclasses.replace(clean, ablated_log_probs=ablated_lp[role, m.start])
+                for name, final in per_member_finals[i][role].items():
+                    terms[i][role][name].append(metrics.downstream_terms(
+                        clean, _final_logits(models[role].model, final[sl]), targets[sl], keep_vocab))
+    width = len(metrics.DOWNSTREAM_COLUMNS)
+    for i, (m, active, sae_ok, spliced_at) in enumerate(plans):
+        at = spliced_at[union]
+        stacked = {role: {name: (torch.cat(t) if t else torch.zeros(0, width, dtype=torch.float64, device=at.device))[at]
+                          for name, t in by.items()} for role, by in terms[i].items()}
+        logits_ok = {}
+        for role, by in stacked.items():
+            ok = torch.ones(int(spliced_at.sum()), dtype=torch.bool, device=spliced_at.device)
+            for t in by.values():
+                ok &= torch.isfinite(t).all(-1).to(ok.device)
+            logits_ok[role] = ok
+        _accumulate(m, acts, batch, row, masks[m.start], is_special, active, sae_ok, spliced_at, logits_ok, stacked,
+                    lambda role, sp: encoded(role, m.start, sp))
+
+
+def _accumulate(m: _Member, acts: dict[str, dict[int, Tensor]], batch: Tensor, row: int, mask: dict[str, Tensor],
+                is_special: Tensor, active: Tensor, sae_ok: dict[str, Tensor], spliced_at: Tensor,
+                logits_ok: dict[str, Tensor], terms: dict[str, dict[str, Tensor]], encoded: Any) -> None:
+    """One evaluation's counts and sums for one batch (only its own rows: `active`)."""
+    cand = mask["candidate"]
+    keep = logits_ok[m.home] & logits_ok[m.away]
+    kept = spliced_at.clone()
+    kept[spliced_at] = keep
+    in_budget = active & ~is_special
+    for side, role in (("base", m.home), ("finetune", m.away)):
+        m.counts[f"outlier_{side}"] += int((mask[f"out_{role}"] & active).sum())
+        m.counts[f"nonfinite_activations_{side}"] += int((~mask[f"fin_{role}"] & in_budget).sum())
+        m.counts[f"nonfinite_sae_{side}"] += int((~sae_ok[role] & active[cand]).sum())
+        m.counts[f"nonfinite_logits_{side}"] += int((~logits_ok[role]).sum())
+    out_union = (mask[f"out_{m.home}"] | mask[f"out_{m.away}"]) & active
+    m.counts["positions"] += int(active.sum())
+    m.counts["special"] += int((is_special & active).sum())
+    m.counts["outlier_union"] += int(out_union.sum())
+    m.counts["kept"] += int(kept.sum())
+    m.counts["excluded"] += int((in_budget & ~kept).sum())
+
+    r, p = kept.nonzero(as_tuple=True)
+    rows = r + row
+    x = {role: acts[role][m.start] for role in m.sides}
+    at_kept = kept[cand]  # kept positions among the candidates the encodings cover
+    for role, side in m.sides.items():
+        enc = {sp.name: encoded(role, sp).subset(at_kept) for sp in side.splices}
+        side.accumulate(x[role][kept], enc, {k: v[keep] for k, v in terms[role].items()}, rows, p)
+    m.latents.update(encoded(m.home, m.sides[m.home].splices[0]).feats[at_kept],
+                     encoded(m.away, m.sides[m.away].splices[0]).feats[at_kept], rows)
+    b = int(active[:, 0].sum())  # this evaluation's rows of the batch
+    fin = mask[f"fin_{m.home}"] & mask[f"fin_{m.away}"]
+    m.similarity.update(x[m.home][:b], x[m.away][:b], kept[:b], fin[:b], row)
+    m.worst_cos.update(-metrics.cosine(x[m.home][kept], x[m.away][kept]), rows, p)
+    ro, po = out_union.nonzero(as_tuple=True)
+    norms = torch.maximum(mask[f"norm_{m.home}"], mask[f"norm_{m.away}"])
+    m.outliers_top.update(norms[out_union], ro + row, po)
+
+
+def _finish(m: _Member, models: dict[str, Any], tokens: Tensor, tokenizer: Any, comparison: Any,
+            compat: Any) -> PairResult:
+    """One evaluation's result from its sums: masking, metrics, bootstrap intervals and verdicts."""
+    pair, counts, cal, sae, native = m.pair, m.counts, m.cal, m.sae, m.native
+    base_side, ft_side = m.sides[m.home], m.sides[m.away]
+    n_rows = m.n_rows
     non_special = counts["positions"] - counts["special"]
     kept_fraction = counts["kept"] / max(non_special, 1)
     judged = kept_fraction >= KEPT_FLOOR.min_fraction and counts["kept"] >= KEPT_FLOOR.min_count
@@ -456,8 +639,7 @@ def _stream(pair: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"], base
     def model_masking(side: str) -> ModelMasking:
         return ModelMasking(threshold=getattr(cal, f"threshold_{side}"), threshold_kind=getattr(cal, f"kind_{side}"),
                             mean_norm=getattr(cal, f"mean_norm_{side}"),
-                            **{f"n_{c}": counts[f"{c}_{side}"] for c in
-                               ("outlier", "nonfinite_activations", "nonfinite_sae", "nonfinite_logits")})
+                            **{f"n_{c}": counts[f"{c}_{side}"] for c in _CAUSES})
 
     masking = Masking(n_positions=counts["positions"], n_special=counts["special"], base=model_masking("base"),
                       finetune=model_masking("finetune"), n_outlier_union=counts["outlier_union"],
@@ -469,13 +651,13 @@ def _stream(pair: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"], base
     sae_eval = SaeEvaluation(base=base_side.metrics_of("base"), finetune=ft_side.metrics_of("base"),
                              native_on_finetune=ft_side.metrics_of("native") if native else None,
                              norm_matched_finetune=ft_side.metrics_of("norm_matched"))
-    sim = Similarity(**similarity.result())
+    sim = Similarity(**m.similarity.result())
 
     # bootstrap: one weight matrix for every model and SAE (paired)
     t = Thresholds()
     spec = uncertainty.bootstrap_spec(n_rows, pair.seed, t.agreement)
     weights = uncertainty.resample_weights(spec, n_rows)
-    sim_reps = metrics.similarity_values(similarity.rows.totals(weights))
+    sim_reps = metrics.similarity_values(m.similarity.rows.totals(weights))
     base_reps = base_side.qualities("base", d_sae, weights)
     native_reps = ft_side.qualities("native", native.d_sae, weights) if native else [None] * spec.n_resamples
     point_base = _quality(sae_eval.base, d_sae)
@@ -507,7 +689,7 @@ def _stream(pair: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"], base
     decode = lambda items, sign=1.0: tuple(_decode_context(tokenizer, tokens, sign * s, r, p)  # noqa: E731
                                            for s, r, p in items)
     return PairResult(
-        provenance=replace(provenance, bootstrap=spec), tokenizer=comparison,
+        provenance=replace(m.provenance, bootstrap=spec), tokenizer=comparison,
         compatibility=compat, verdict=verdict, masking=masking, similarity=sim, sae=sae_eval,
         comparisons=comparisons,
         norm_matching=NormMatching(scale=cal.scale, n_positions=cal.n_scale_positions, verdict=nm_verdict,
@@ -515,11 +697,12 @@ def _stream(pair: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"], base
         density=Density(log10_density_correlation=metrics.log_density_correlation(dens_b, dens_f),
                         base=tuple(metrics.log10_density(dens_b).tolist()),
                         finetune=tuple(metrics.log10_density(dens_f).tolist())),
-        features=feature_transfer(dens_b, dens_f, latents, sae.sae.W_dec.detach(), base.model.W_U.detach(),
-                                  ft.model.W_U.detach(), pair.seed),
-        worst_tokens=WorstTokens(lowest_cosine=decode(worst_cos.items, -1.0), highest_kl=decode(ft_side.worst_kl.items),
+        features=feature_transfer(dens_b, dens_f, m.latents, sae.sae.W_dec.detach(),
+                                  models[m.home].model.W_U.detach(), models[m.away].model.W_U.detach(), pair.seed),
+        worst_tokens=WorstTokens(lowest_cosine=decode(m.worst_cos.items, -1.0),
+                                 highest_kl=decode(ft_side.worst_kl.items),
                                  worst_reconstruction=decode(ft_side.worst_recon.items),
-                                 outliers=decode(outliers_top.items)))
+                                 outliers=decode(m.outliers_top.items)))
 
 
 def _with_norm_note(verdict: Any, norm_matched: Any, comparisons: Comparisons) -> Any:
@@ -539,7 +722,9 @@ def _with_norm_note(verdict: Any, norm_matched: Any, comparisons: Comparisons) -
 
 
 def result_key(pair: Pair, config: RunConfig) -> str:
-    """Everything that changes a result. Local sources by file fingerprint, Hub ones by revision."""
+    """Everything that changes a result. Local sources by file fingerprint, Hub ones by revision.
+
+    The entry's other axes and datasets are not part of it: adding one computes only the new evaluations."""
     from saetransfer.cache import cache_key, fingerprint_path
 
     def source(s: Any) -> Any:
@@ -547,8 +732,9 @@ def result_key(pair: Pair, config: RunConfig) -> str:
             return None
         return fingerprint_path(s.path) if s.is_local and s.path.exists() else s.describe()
 
+    skip = ("description", "source_file", "expected", "axes", "datasets", "axis", "dataset_index")
     parts = {
-        "pair": {k: v for k, v in pair.__dict__.items() if k not in ("description", "source_file", "expected")},
+        "pair": {k: v for k, v in pair.__dict__.items() if k not in skip},
         "sources": [source(s) for s in (pair.base, pair.finetune, pair.sae, pair.native_sae, pair.dataset)],
         "config": {"n_tokens": config.n_tokens, "device": config.device.split(":")[0], "dtype": config.dtype},
         "versions": library_versions(),
@@ -558,9 +744,19 @@ def result_key(pair: Pair, config: RunConfig) -> str:
 
 
 def run(pair: Pair, config: RunConfig, *, refresh: bool = False) -> PairResult:
-    """The pair's result from the on-disk cache, computing it (once, under a lock) when absent or `refresh`."""
-    from saetransfer.cache import cached_result
+    """The evaluation's result from the on-disk cache. When absent (or `refresh`), its whole group
+    (`registry.group_of`: the entry on this dataset) is computed in one pass, once, under a lock; only
+    the group's evaluations missing from the cache are computed."""
+    from saetransfer.cache import cached_results
     from saetransfer.paths import cache_dir
 
-    return cached_result(cache_dir() / "results", result_key(pair, config),
-                         lambda: evaluate_pair(pair, config), refresh=refresh)
+    group = group_of(pair)
+    configs = {p.test_id: config.for_member(p) for p in group}
+    keys = {p.test_id: result_key(p, configs[p.test_id]) for p in group}
+    by_id = {p.test_id: p for p in group}
+
+    def compute(test_ids: Sequence[str]) -> dict[str, PairResult]:
+        return evaluate_group([by_id[t] for t in test_ids], [configs[t] for t in test_ids])
+
+    wanted = [pair.test_id] if refresh else list(keys)
+    return cached_results(cache_dir() / "results", {t: keys[t] for t in wanted}, compute, refresh=refresh)[pair.test_id]

@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -77,6 +77,9 @@ class SaeSource:
     release: str | None = None
     sae_id: str | None = None
     path: Path | None = None
+    trained_on: str | None = None
+    """What it was trained on, in words (e.g. "prose: the zoo's TinyStories-like set"); the report shows it.
+    Default: the SAE cfg's `dataset_path`."""
 
     @property
     def is_local(self) -> bool:
@@ -98,10 +101,21 @@ class DatasetSource:
     column: str = "text"
     """`text` is tokenized with the base tokenizer; `input_ids`/`tokens` are used as they are."""
     revision: str | None = None
+    name: str | None = None
+    """Slug naming the dataset in test ids (`-{name}` after the first dataset's) and in axes' `datasets`;
+    default: the file's stem or the Hub id's last part."""
 
     @property
     def is_local(self) -> bool:
         return self.path is not None
+
+    @property
+    def key(self) -> str:
+        """The dataset's name: given, or derived from its source."""
+        if self.name is not None:
+            return self.name
+        ref = self.path.stem if self.path is not None else str(self.hub).rstrip("/").rsplit("/", 1)[-1]
+        return re.sub(r"[^a-z0-9._-]+", "-", ref.lower()).strip("-.") or "dataset"
 
     @property
     def pretokenized(self) -> bool:
@@ -142,8 +156,41 @@ class Expectation:
 
 
 @dataclass(frozen=True)
+class Axis:
+    """One (hook, SAE, optional finetune-native SAE) entry of a pair; the entry's own fields are axis 0."""
+
+    sae: SaeSource
+    hook: str
+    native_sae: SaeSource | None = None
+    """With a native SAE, the axis is also evaluated finetune -> base (Kissane et al. ran both directions)."""
+    n_tokens: int | None = None
+    """This axis's token budget; on a dataset with its own budget, the smaller of the two applies."""
+    datasets: tuple[str, ...] | None = None
+    """Dataset names this axis runs on; None: all of the pair's datasets."""
+    expected: Expectation | None = None
+    """What a source says about this axis, base -> finetune on its first dataset."""
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One evaluation distribution of a pair with its own token budget (None: the pair's `n_tokens`)."""
+
+    dataset: DatasetSource
+    n_tokens: int | None = None
+
+
+Direction = Literal["forward", "reverse"]
+DIRECTION_LABELS: dict[str, str] = {"forward": "base -> finetune", "reverse": "finetune -> base"}
+
+
+@dataclass(frozen=True)
 class Pair:
-    """One registry entry: a base model, its finetune and a base SAE at one hook."""
+    """One evaluation: a model (the SAE's own), another model, and the SAE at one hook on one dataset.
+
+    A registry entry expands (`expand`) into one `Pair` per (axis, dataset, direction). The entry's own
+    fields are its first axis and first dataset, base -> finetune (`primary`); for the reverse direction
+    `base` and `finetune` are swapped, so `base` is always the model the evaluated SAE was trained on.
+"""
 
     id: str
     base: ModelSource
@@ -168,11 +215,37 @@ class Pair:
     """Too large for a CPU run; its tests carry the `gpu` marker."""
     description: str = ""
     source_file: Path | None = field(default=None, compare=False)
+    axes: tuple[Axis, ...] = ()
+    """All (hook, SAE, native SAE) entries of the registry entry, its own first; () for a single evaluation."""
+    datasets: tuple[DatasetEntry, ...] = ()
+    """All datasets of the registry entry, its own first; () for a single evaluation."""
+    axis: int = 0
+    """Which of `axes` this evaluation is."""
+    dataset_index: int = 0
+    """Which of `datasets` this evaluation runs on."""
+    direction: Direction = "forward"
 
     @property
     def test_id(self) -> str:
-        """Pair, SAE and hook: a second SAE or layer for a pair adds an id, it renames none."""
-        return f"{self.id}-{self.sae.name}-{self.hook}"
+        """Pair, SAE and hook (+ `-{dataset}` after the first dataset): a new axis adds ids, it renames none.
+
+        The SAE is the evaluated one, so the reverse direction (the native SAE on the base) has its own id."""
+        suffix = f"-{self.dataset.key}" if self.dataset_index > 0 else ""
+        return f"{self.id}-{self.sae.name}-{self.hook}{suffix}"
+
+    @property
+    def primary(self) -> bool:
+        """The entry's own (hook, dataset, base -> finetune): what `expected` and the cross-pair findings read."""
+        return self.axis == 0 and self.dataset_index == 0 and self.direction == "forward"
+
+    @property
+    def group_id(self) -> str:
+        """The evaluations computed in one streaming pass: the entry on one dataset."""
+        return f"{self.id}@{self.dataset.key}"
+
+    @property
+    def direction_label(self) -> str:
+        return DIRECTION_LABELS[self.direction]
 
     @property
     def is_tiny(self) -> bool:
@@ -189,6 +262,51 @@ class Pair:
     def layer(self) -> int:
         """Block index of the hook (`blocks.6.hook_resid_post` -> 6)."""
         return int(self.hook.split(".")[1])
+
+
+def expand(entry: Pair) -> tuple[Pair, ...]:
+    """Every evaluation of a registry entry: per dataset, per axis, base -> finetune and, with a native
+    SAE, finetune -> base. The first is the entry itself. A `Pair` built by hand (no axes) is its own."""
+    if not entry.axes:
+        return (entry,)
+    if entry.direction == "reverse":  # back to the entry's own orientation
+        entry = replace(swapped(entry), direction="forward")
+    out = []
+    for d, ds in enumerate(entry.datasets):
+        for a, axis in enumerate(entry.axes):
+            if axis.datasets is not None and ds.dataset.key not in axis.datasets:
+                continue
+            first_of_axis = axis.datasets is None and d == 0 or axis.datasets is not None and \
+                ds.dataset.key == axis.datasets[0]
+            budget = min(b for b in (axis.n_tokens, ds.n_tokens or entry.n_tokens) if b is not None)
+            forward = replace(entry, sae=axis.sae, hook=axis.hook, native_sae=axis.native_sae, dataset=ds.dataset,
+                              n_tokens=budget, axis=a, dataset_index=d, direction="forward",
+                              expected=axis.expected if first_of_axis else None)
+            out.append(forward)
+            if axis.native_sae is not None:
+                out.append(reversed_direction(forward))
+    return tuple(out)
+
+
+def reversed_direction(forward: Pair) -> Pair:
+    """The finetune-native SAE evaluated on the base: its own model (the finetune) becomes `base`, and the
+    base SAE on the base is the native reference."""
+    assert forward.native_sae is not None
+    return replace(swapped(forward), sae=forward.native_sae, native_sae=forward.sae, expected=None,
+                   direction="reverse")
+
+
+def swapped(pair: Pair) -> Pair:
+    """Base and finetune exchanged, with their outlier thresholds (its own inverse)."""
+    p = pair.outliers
+    outliers = p if p.absolute_finetune is None else replace(p, absolute=p.absolute_finetune, absolute_finetune=p.absolute)
+    return replace(pair, base=pair.finetune, finetune=pair.base, outliers=outliers)
+
+
+def group_of(pair: Pair) -> tuple[Pair, ...]:
+    """The evaluations sharing `pair`'s streaming pass (its entry on its dataset), `pair` among them."""
+    members = tuple(p for p in expand(pair) if p.dataset_index == pair.dataset_index)
+    return members if pair in members else (pair,)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,6 +405,7 @@ def _sae(raw: Mapping[str, Any], base_dir: Path, where: str) -> SaeSource:
         release=_typed(raw, "release", str, where),
         sae_id=_typed(raw, "id", str, where),
         path=_path(raw, base_dir, where),
+        trained_on=_typed(raw, "trained_on", str, where),
     )
 
 
@@ -300,6 +419,7 @@ def _dataset(raw: Mapping[str, Any], base_dir: Path, where: str) -> DatasetSourc
         split=_typed(raw, "split", str, where, _default(DatasetSource, "split")),
         column=_typed(raw, "column", str, where, _default(DatasetSource, "column")),
         revision=_typed(raw, "revision", str, where),
+        name=_typed(raw, "name", str, where),
     )
 
 
@@ -338,11 +458,74 @@ def _expectation(raw: Mapping[str, Any] | None, where: str) -> Expectation | Non
     return Expectation(verdict=verdict, source=source, extrapolated=extrapolated, norm_matched=norm_matched)
 
 
-_PAIR_KEYS = _keys(Pair, exclude=("source_file",))  # set from the file's location, never in it
+_PAIR_KEYS = _keys(Pair, exclude=("source_file", "axis", "dataset_index", "direction"))  # set here, never in a file
+_AXIS_KEYS = _keys(Axis)
+_DATASET_ENTRY_KEYS = (*_keys(DatasetSource), "n_tokens")
+
+
+def _hook(raw: Mapping[str, Any], where: str) -> str:
+    hook = _typed(raw, "hook", str, where)
+    if hook is None or not re.match(r"^blocks\.\d+\.hook_[a-z_]+$", hook):
+        raise _fail(where, f"field 'hook' must look like 'blocks.6.hook_resid_post', got {hook!r}")
+    return hook
+
+
+def _positive(raw: Mapping[str, Any], key: str, where: str, default: int | None) -> int | None:
+    value = _typed(raw, key, int, where, default)
+    if value is not None and value <= 0:
+        raise _fail(where, f"field '{key}' must be a positive integer, got {value}")
+    return value
+
+
+def _tables(raw: Mapping[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+        raise _fail(where, f"field '{key}' must be an array of tables ([[pair.{key}]])")
+    return [dict(v) for v in value]
+
+
+def _axis(raw: Mapping[str, Any], base_dir: Path, where: str, names: Sequence[str]) -> Axis:
+    _check_keys(raw, _AXIS_KEYS, where)
+    native = _table(raw, "native_sae", where, required=False)
+    datasets = raw.get("datasets")
+    if datasets is not None:
+        if not isinstance(datasets, list) or not datasets or not all(isinstance(d, str) for d in datasets):
+            raise _fail(where, f"field 'datasets' must be a non-empty list of dataset names, got {datasets!r}")
+        missing = [d for d in datasets if d not in names]
+        if missing:
+            raise _fail(where, f"field 'datasets' names {missing}, which the pair does not have; its datasets: "
+                        f"{list(names)}")
+    return Axis(sae=_sae(_table(raw, "sae", where) or {}, base_dir, f"{where} field 'sae'"),
+                native_sae=None if native is None else _sae(native, base_dir, f"{where} field 'native_sae'"),
+                hook=_hook(raw, where), n_tokens=_positive(raw, "n_tokens", where, None),
+                datasets=None if datasets is None else tuple(datasets),
+                expected=_expectation(_table(raw, "expected", where, required=False), f"{where} field 'expected'"))
+
+
+def _datasets(raw: Mapping[str, Any], base_dir: Path, where: str, n_tokens: int) -> tuple[DatasetEntry, ...]:
+    first = _dataset(_table(raw, "dataset", where) or {}, base_dir, f"{where} field 'dataset'")
+    entries = [DatasetEntry(first, n_tokens)]
+    for i, table in enumerate(_tables(raw, "datasets", where)):
+        at = f"{where} [[pair.datasets]] #{i + 1}"
+        _check_keys(table, _DATASET_ENTRY_KEYS, at)
+        if table.get("name") is None:
+            raise _fail(at, "field 'name' is required: it is appended to the test ids (`-{name}`)")
+        budget = _positive(table, "n_tokens", at, None)
+        table.pop("n_tokens", None)
+        entries.append(DatasetEntry(_dataset(table, base_dir, at), budget))
+    names = [e.dataset.key for e in entries]
+    for e in entries:
+        if not _SLUG.match(e.dataset.key):
+            raise _fail(where, f"dataset name {e.dataset.key!r} must be a lowercase slug [a-z0-9._-]")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise _fail(where, f"dataset name(s) {duplicates} given twice; give each dataset its own 'name'")
+    return tuple(entries)
 
 
 def parse_pair(raw: Mapping[str, Any], base_dir: Path, where: str) -> Pair:
-    """Turn one `[[pair]]` table into a `Pair`, or raise `RegistryError` naming the field."""
+    """Turn one `[[pair]]` table into a `Pair` (the entry; `expand` gives its evaluations), or raise
+    `RegistryError` naming the field."""
     pair_id = _typed(raw, "id", str, where)
     if pair_id is None:
         raise _fail(where, "missing required field 'id'")
@@ -351,30 +534,35 @@ def parse_pair(raw: Mapping[str, Any], base_dir: Path, where: str) -> Pair:
         raise _fail(where, "field 'id' must be a lowercase slug with '__' between base and finetune, "
                     "e.g. 'gemma-2b__python-codes' (never an HF path)")
     _check_keys(raw, _PAIR_KEYS, where)
-    hook = _typed(raw, "hook", str, where)
-    if hook is None or not re.match(r"^blocks\.\d+\.hook_[a-z_]+$", hook):
-        raise _fail(where, f"field 'hook' must look like 'blocks.6.hook_resid_post', got {hook!r}")
+    hook = _hook(raw, where)
     native = _table(raw, "native_sae", where, required=False)
-    positive = {}
-    for key in ("context_size", "n_tokens", "batch_size"):
-        value = _typed(raw, key, int, where, _default(Pair, key))
-        if value is not None and value <= 0:
-            raise _fail(where, f"field '{key}' must be a positive integer, got {value}")
-        positive[key] = value
+    positive = {key: _positive(raw, key, where, _default(Pair, key)) for key in ("context_size", "n_tokens", "batch_size")}
+    datasets = _datasets(raw, base_dir, where, positive["n_tokens"])
+    expected = _expectation(_table(raw, "expected", where, required=False), f"{where} field 'expected'")
+    sae = _sae(_table(raw, "sae", where) or {}, base_dir, f"{where} field 'sae'")
+    native_sae = None if native is None else _sae(native, base_dir, f"{where} field 'native_sae'")
+    names = [d.dataset.key for d in datasets]
+    axes = [Axis(sae=sae, hook=hook, native_sae=native_sae, expected=expected)]
+    for i, table in enumerate(_tables(raw, "axes", where)):
+        at = f"{where} [[pair.axes]] #{i + 1}"
+        axis = _axis(table, base_dir, at, names)
+        for j, other in enumerate(axes):
+            if (other.sae, other.hook) == (axis.sae, axis.hook):
+                first = "the entry's own sae/hook" if j == 0 else f"[[pair.axes]] #{j}"
+                raise _fail(at, f"duplicate axis: SAE {axis.sae.describe()} at {axis.hook} is already {first}")
+        axes.append(axis)
     return Pair(
         id=pair_id,
         base=_model(_table(raw, "base", where) or {}, base_dir, f"{where} field 'base'"),
         finetune=_model(_table(raw, "finetune", where) or {}, base_dir, f"{where} field 'finetune'"),
-        sae=_sae(_table(raw, "sae", where) or {}, base_dir, f"{where} field 'sae'"),
-        native_sae=None if native is None else _sae(native, base_dir, f"{where} field 'native_sae'"),
-        hook=hook,
-        dataset=_dataset(_table(raw, "dataset", where) or {}, base_dir, f"{where} field 'dataset'"),
+        sae=sae, native_sae=native_sae, hook=hook, dataset=datasets[0].dataset,
         prepend_bos=_typed(raw, "prepend_bos", bool, where),
         seed=_typed(raw, "seed", int, where, _default(Pair, "seed")),
         outliers=_outliers(_table(raw, "outliers", where, required=False), f"{where} field 'outliers'"),
-        expected=_expectation(_table(raw, "expected", where, required=False), f"{where} field 'expected'"),
+        expected=expected,
         needs_gpu=_typed(raw, "needs_gpu", bool, where, _default(Pair, "needs_gpu")),
         description=_typed(raw, "description", str, where, _default(Pair, "description")),
+        axes=tuple(axes), datasets=datasets,
         **positive,
     )
 
@@ -392,11 +580,8 @@ def parse_registry_file(path: Path) -> tuple[Pair, ...]:
     entries = data.get("pair", [])
     if not isinstance(entries, list):
         raise RegistryError(f"{path}: 'pair' must be an array of tables ([[pair]])")
-    pairs = []
-    for index, raw in enumerate(entries):
-        pair = parse_pair(raw, path.parent, f"{path} [[pair]] #{index + 1}")
-        pairs.append(Pair(**{**pair.__dict__, "source_file": path}))
-    return tuple(pairs)
+    return tuple(replace(parse_pair(raw, path.parent, f"{path} [[pair]] #{index + 1}"), source_file=path)
+                 for index, raw in enumerate(entries))
 
 
 def registry_files(extra: Sequence[Path | str] = ()) -> list[Path]:
@@ -406,11 +591,12 @@ def registry_files(extra: Sequence[Path | str] = ()) -> list[Path]:
 
 
 def load_registry(files: Sequence[Path | str] | None = None) -> tuple[Pair, ...]:
-    """All pairs from `files` (default: `registry_files()`); test ids must be unique across files."""
+    """Every evaluation (`expand`) of every entry in `files` (default: `registry_files()`); test ids must be
+    unique across files."""
     pairs: list[Pair] = []
     seen: dict[str, Path | None] = {}
     for file in registry_files() if files is None else [Path(f) for f in files]:
-        for pair in parse_registry_file(file):
+        for pair in (p for entry in parse_registry_file(file) for p in expand(entry)):
             if pair.test_id in seen:
                 raise RegistryError(
                     f"duplicate test id {pair.test_id!r} in {file} (first defined in {seen[pair.test_id]}); "
@@ -422,7 +608,7 @@ def load_registry(files: Sequence[Path | str] | None = None) -> tuple[Pair, ...]
 
 def get_pair(pairs: Sequence[Pair], key: str) -> Pair:
     """The pair whose id or test id is `key`; an unknown key suggests the closest ids."""
-    matches = [p for p in pairs if key in (p.id, p.test_id)]
+    matches = [p for p in pairs if key == p.test_id] or [p for p in pairs if key == p.id and p.primary]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:

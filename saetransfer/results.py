@@ -90,6 +90,12 @@ class Provenance(Record):
     base_d_vocab: int | None = None
     finetune_d_vocab: int | None = None
     bootstrap: BootstrapSpec | None = None
+    direction: str = "forward"
+    """`forward`: the base SAE on the finetune; `reverse`: the finetune-native SAE on the base (then `base`
+    names the finetune, the SAE's own model)."""
+    dataset_name: str | None = None
+    sae_trained_on: str | None = None
+    """The SAE's training data (registry `trained_on`, else its cfg's `dataset_path`)."""
 
 
 @dataclass(frozen=True)

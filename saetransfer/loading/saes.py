@@ -40,6 +40,8 @@ class LoadedSAE:
     d_in: int
     d_sae: int
     source: SaeSource
+    trained_on: str | None = None
+    """Its training data: the registry's `trained_on`, else the cfg's `dataset_path`."""
 
 
 def release_location(release: str, sae_id: str) -> tuple[str, str]:
@@ -119,7 +121,8 @@ def _describe(sae: SAE, source: SaeSource) -> LoadedSAE:
     return LoadedSAE(
         sae=sae, hook_name=meta.hook_name, context_size=int(meta.context_size), prepend_bos=bool(meta.prepend_bos),
         model_from_pretrained_kwargs=dict(getattr(meta, "model_from_pretrained_kwargs", None) or {}),
-        architecture=sae.cfg.architecture(), d_in=int(sae.cfg.d_in), d_sae=int(sae.cfg.d_sae), source=source)
+        architecture=sae.cfg.architecture(), d_in=int(sae.cfg.d_in), d_sae=int(sae.cfg.d_sae), source=source,
+        trained_on=source.trained_on or getattr(meta, "dataset_path", None))
 
 
 def check_sae_fits(model: HookedSAETransformer, sae: LoadedSAE, hook: str) -> None:
