@@ -36,9 +36,12 @@ class RunConfig:
         return cls(n_tokens=tokens or pair.n_tokens, device=device, dtype=dtype, allow_hub=hub, progress=progress,
                    tokens_override=tokens is not None)
 
-    def for_member(self, pair: Pair) -> RunConfig:
-        """A sibling evaluation's config (same pass): its own budget unless `--tokens` set every budget."""
-        return self if self.tokens_override else replace(self, n_tokens=pair.n_tokens)
+    def for_member(self, member: Pair, of: Pair) -> RunConfig:
+        """The config of `member`, evaluated in one pass with `of` (whose config this is): its own budget,
+        unless this budget is an override (`--tokens`, or a budget other than `of`'s own), which then
+        applies to every evaluation of the pass."""
+        override = self.tokens_override or self.n_tokens != of.n_tokens
+        return self if override else replace(self, n_tokens=member.n_tokens)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -485,6 +485,39 @@ def _stream_group(entry: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"
     return {m.pair.test_id: _finish(m, models, tokens, tokenizer, comparison, compat) for m in members}
 
 
+class _Shared:
+    """One batch's SAE encodings and spliced passes, each computed once however many evaluations use it."""
+
+    def __init__(self, models: dict[str, Any], acts: dict[str, dict[int, Tensor]], masks: dict[int, dict[str, Tensor]],
+                 same_model: bool) -> None:
+        self.models, self.acts, self.masks, self.same_model = models, acts, masks, same_model
+        self.encodings: dict[tuple[str, int, tuple[int, float]], _Encoded] = {}
+        self.finals: dict[str, list[tuple[tuple[int, tuple[int, float]], Tensor, Tensor]]] = {r: [] for r in models}
+
+    def _model_role(self, role: str) -> str:
+        return "base" if self.same_model else role
+
+    def encoded(self, role: str, s: int, splice: _Splice) -> _Encoded:
+        """`splice`'s latents and reconstruction at hook `s`'s candidate positions of `role`'s model."""
+        key = (self._model_role(role), s, splice.key)
+        if key not in self.encodings:
+            self.encodings[key] = _encode(splice, self.acts[role][s][self.masks[s]["candidate"]])
+        return self.encodings[key]
+
+    def spliced_final(self, role: str, s: int, splice: _Splice, at: Bool[Tensor, "b p"]) -> Tensor:
+        """The final residual with `splice`'s reconstruction at the `at` positions: one pass per (model, hook,
+        SAE, scale, positions)."""
+        for key, mask, final in self.finals[self._model_role(role)]:
+            if key == (s, splice.key) and torch.equal(mask, at):
+                return final
+        model = self.models[role].model
+        x = self.acts[role][s].clone()
+        x[at] = self.encoded(role, s, splice).x_hat[at[self.masks[s]["candidate"]]].to(x.dtype)
+        final = model(x, start_at_layer=s, stop_at_layer=model.cfg.n_layers)
+        self.finals[self._model_role(role)].append(((s, splice.key), at, final))
+        return final
+
+
 def _batch_step(members: Sequence[_Member], models: dict[str, Any], acts: dict[str, dict[int, Tensor]],
                 batch: Int[Tensor, "b p"], row: int, calibration: dict[int, _HookCalibration], special: Tensor,
                 ablated: dict[tuple[str, int], Tensor], keep_vocab: int, same_model: bool) -> None:
@@ -501,13 +534,8 @@ def _batch_step(members: Sequence[_Member], models: dict[str, Any], acts: dict[s
                     **{f"fin_{r}": fin[r] for r in models}, **{f"out_{r}": out[r] for r in models},
                     **{f"norm_{r}": norm[r] for r in models}}
     # SAEs first: a position whose latents are non-finite on either model is not spliced for that evaluation
-    encodings: dict[tuple[str, int, tuple[int, float]], _Encoded] = {}
-
-    def encoded(role: str, s: int, splice: _Splice) -> _Encoded:
-        key = ("base" if same_model else role, s, splice.key)
-        if key not in encodings:
-            encodings[key] = _encode(splice, acts[role][s][masks[s]["candidate"]])
-        return encodings[key]
+    work = _Shared(models, acts, masks, same_model)
+    encoded = work.encoded
 
     plans = []
     for m in members:
@@ -524,21 +552,6 @@ def _batch_step(members: Sequence[_Member], models: dict[str, Any], acts: dict[s
         spliced_at[cand] &= sae_ok[m.home] & sae_ok[m.away]
         plans.append((m, active, sae_ok, spliced_at))
 
-    # spliced passes: one per (model, hook, SAE, scale, splice positions)
-    finals: dict[str, list[tuple[tuple[int, tuple[int, float]], Tensor, Tensor]]] = {r: [] for r in models}
-
-    def spliced_final(role: str, s: int, splice: _Splice, at: Tensor) -> Tensor:
-        model_role = "base" if same_model else role
-        for key, mask, final in finals[model_role]:
-            if key == (s, splice.key) and torch.equal(mask, at):
-                return final
-        enc = encoded(role, s, splice)
-        x = acts[role][s].clone()
-        x[at] = enc.x_hat[at[masks[s]["candidate"]]].to(x.dtype)
-        final = models[role].model(x, start_at_layer=s, stop_at_layer=n_layers[role])
-        finals[model_role].append(((s, splice.key), at, final))
-        return final
-
     union = torch.zeros_like(is_special)
     for _, _, _, at in plans:
         union |= at
@@ -549,12 +562,11 @@ def _batch_step(members: Sequence[_Member], models: dict[str, Any], acts: dict[s
                    for r in (("base",) if same_model else models)}
     per_member_finals = []
     for m, _, _, at in plans:
-        per_member_finals.append({role: {sp.name: spliced_final(role, m.start, sp, at)[union] for sp in side.splices}
+        per_member_finals.append({role: {sp.name: work.spliced_final(role, m.start, sp, at)[union] for sp in side.splices}
                                   for role, side in m.sides.items()})
     terms: list[dict[str, dict[str, list[Tensor]]]] = [{role: {sp.name: [] for sp in m.sides[role].splices}
                                                         for role in m.sides} for m, *_ in plans]
     model_roles = ("base",) if same_model else ("base", "finetune")
-    own = lambda role: "base" if same_model else role  # noqa: E731  (the model a role runs on)
     first = min(masks)
     ablated_lp = {(r, s): metrics.token_log_probs(ablated[r, s].unsqueeze(0), keep_vocab)[0].squeeze(0)
                   for r in models for s in masks}
@@ -565,7 +577,7 @@ def _batch_step(members: Sequence[_Member], models: dict[str, Any], acts: dict[s
                                                            ablated[r, first], keep_vocab) for r in model_roles}
         for i, (m, *_rest) in enumerate(plans):
             for role in m.sides:
-                clean = cleans[own(role)]
+                clean = cleans["base" if same_model else role]
                 if m.start != first:  # the zero-ablation baseline is the hook's own
                     clean = dataclasses.replace(clean, ablated_log_probs=ablated_lp[role, m.start])
                 for name, final in per_member_finals[i][role].items():
@@ -583,12 +595,12 @@ def _batch_step(members: Sequence[_Member], models: dict[str, Any], acts: dict[s
                 ok &= torch.isfinite(t).all(-1).to(ok.device)
             logits_ok[role] = ok
         _accumulate(m, acts, batch, row, masks[m.start], is_special, active, sae_ok, spliced_at, logits_ok, stacked,
-                    lambda role, sp: encoded(role, m.start, sp))
+                    work)
 
 
 def _accumulate(m: _Member, acts: dict[str, dict[int, Tensor]], batch: Tensor, row: int, mask: dict[str, Tensor],
                 is_special: Tensor, active: Tensor, sae_ok: dict[str, Tensor], spliced_at: Tensor,
-                logits_ok: dict[str, Tensor], terms: dict[str, dict[str, Tensor]], encoded: Any) -> None:
+                logits_ok: dict[str, Tensor], terms: dict[str, dict[str, Tensor]], work: _Shared) -> None:
     """One evaluation's counts and sums for one batch (only its own rows: `active`)."""
     cand = mask["candidate"]
     keep = logits_ok[m.home] & logits_ok[m.away]
@@ -612,10 +624,10 @@ def _accumulate(m: _Member, acts: dict[str, dict[int, Tensor]], batch: Tensor, r
     x = {role: acts[role][m.start] for role in m.sides}
     at_kept = kept[cand]  # kept positions among the candidates the encodings cover
     for role, side in m.sides.items():
-        enc = {sp.name: encoded(role, sp).subset(at_kept) for sp in side.splices}
+        enc = {sp.name: work.encoded(role, m.start, sp).subset(at_kept) for sp in side.splices}
         side.accumulate(x[role][kept], enc, {k: v[keep] for k, v in terms[role].items()}, rows, p)
-    m.latents.update(encoded(m.home, m.sides[m.home].splices[0]).feats[at_kept],
-                     encoded(m.away, m.sides[m.away].splices[0]).feats[at_kept], rows)
+    m.latents.update(work.encoded(m.home, m.start, m.sides[m.home].splices[0]).feats[at_kept],
+                     work.encoded(m.away, m.start, m.sides[m.away].splices[0]).feats[at_kept], rows)
     b = int(active[:, 0].sum())  # this evaluation's rows of the batch
     fin = mask[f"fin_{m.home}"] & mask[f"fin_{m.away}"]
     m.similarity.update(x[m.home][:b], x[m.away][:b], kept[:b], fin[:b], row)
@@ -751,7 +763,7 @@ def run(pair: Pair, config: RunConfig, *, refresh: bool = False) -> PairResult:
     from saetransfer.paths import cache_dir
 
     group = group_of(pair)
-    configs = {p.test_id: config.for_member(p) for p in group}
+    configs = {p.test_id: config.for_member(p, of=pair) for p in group}
     keys = {p.test_id: result_key(p, configs[p.test_id]) for p in group}
     by_id = {p.test_id: p for p in group}
 
