@@ -255,3 +255,16 @@ def test_gemma3_270m_config_matches_transformer_lens_own_entry(tmp_path: Path) -
     assert {k: getattr(ours, k) for k in fields} == {k: getattr(theirs, k) for k in fields}
     assert ours.attn_scale == theirs.attn_scale == 16.0  # 1/sqrt(query_pre_attn_scalar = 256 = head_dim)
     assert ours.output_logits_soft_cap == theirs.output_logits_soft_cap  # none for Gemma 3
+
+
+def test_gemma3_residual_stream_is_hfs_layer_output(gemma3, tokens) -> None:
+    """Gemma Scope 2 reads HF's `model.layers.N.output`; TL's blocks.N.hook_resid_post under the default
+    processing (what its SAELens config asks: no model_from_pretrained_kwargs) is that tensor."""
+    directory, hf = gemma3
+    loaded = load_model(ModelSource(path=directory), processing=processing_for({}))
+    names = [f"blocks.{n}.hook_resid_post" for n in range(3)]
+    _, cache = loaded.model.run_with_cache(tokens, names_filter=names)
+    with torch.no_grad():
+        hidden = hf(tokens, output_hidden_states=True).hidden_states
+    for n, name in enumerate(names[:-1]):  # HF's last hidden state is after the final norm
+        torch.testing.assert_close(cache[name], hidden[n + 1], atol=ATOL, rtol=0)
