@@ -127,3 +127,30 @@ def test_gemma_scope_2_not_cached_offline_is_unavailable_without_a_request() -> 
     with pytest.raises(HubUnavailableError, match=r"offline: google/gemma-scope-2-270m-pt \(SAE\) is not in the HF "
                                                   r"cache \(pass --hub to download"):
         load_sae(SaeSource(name="gs2", release="gemma-scope-2-270m-pt-res", sae_id="layer_12_width_16k_l0_medium"))
+
+
+def test_hub_axes_draft_names_sae_lens_entries() -> None:
+    """fixtures/hub-axes-draft.toml (the registry draft for the axes schema): every release and id is in
+    SAELens's directory, and every hook is the SAE's own (the id for the jbloom releases, the folder for
+    Gemma Scope 2), a residual hook preflight accepts."""
+    import tomllib
+
+    from saetransfer.loading.preflight import check_hook_kind
+    from saetransfer.loading.saes import release_hook, release_location
+    from saetransfer.paths import FIXTURES
+
+    draft = tomllib.loads((FIXTURES / "hub-axes-draft.toml").read_text())
+    checked = 0
+    for pair in draft["pair"]:
+        entries = [pair, *pair.get("axes", [])] if "hook" in pair else pair["axes"]
+        for entry in entries:
+            check_hook_kind(entry["hook"])
+            for role in ("sae", "native_sae"):
+                if role not in entry:
+                    continue
+                release, sae_id = entry[role]["release"], entry[role]["id"]
+                release_location(release, sae_id)  # raises for an unknown release or id
+                known = release_hook(release, sae_id) or (sae_id if sae_id.startswith("blocks.") else None)
+                assert known == entry["hook"], (pair["id"], role, sae_id)
+                checked += 1
+    assert checked == 2 * 4 + (2 + 3) + 2 * 4
