@@ -155,7 +155,8 @@ def test_every_registry_pair_gets_an_answer() -> None:
 
 
 GEMMA3_PAIR = Pair(
-    id="gemma-3-270m__it", base=ModelSource(hub="google/gemma-3-270m"), finetune=ModelSource(hub="google/gemma-3-270m-it"),
+    id="gemma-3-270m__it", base=ModelSource(hub="google/gemma-3-270m"),
+    finetune=ModelSource(hub="google/gemma-3-270m-it"),
     sae=SaeSource(name="gs2-pt", release="gemma-scope-2-270m-pt-res", sae_id="layer_12_width_16k_l0_medium"),
     native_sae=SaeSource(name="gs2-it", release="gemma-scope-2-270m-it-res", sae_id="layer_12_width_16k_l0_medium"),
     hook="blocks.12.hook_resid_post", dataset=DatasetSource(hub="HuggingFaceFW/fineweb", config="sample-10BT"))
