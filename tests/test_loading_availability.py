@@ -152,3 +152,38 @@ def test_every_registry_pair_gets_an_answer() -> None:
                                   ("base", "finetune", "sae", "native_sae", "dataset"))
         if not pair.is_tiny:
             assert reason is not None and "offline:" in reason
+
+
+GEMMA3_PAIR = Pair(
+    id="gemma-3-270m__it", base=ModelSource(hub="google/gemma-3-270m"),
+    finetune=ModelSource(hub="google/gemma-3-270m-it"),
+    sae=SaeSource(name="gs2-pt", release="gemma-scope-2-270m-pt-res", sae_id="layer_12_width_16k_l0_medium"),
+    native_sae=SaeSource(name="gs2-it", release="gemma-scope-2-270m-it-res", sae_id="layer_12_width_16k_l0_medium"),
+    hook="blocks.12.hook_resid_post", dataset=DatasetSource(hub="HuggingFaceFW/fineweb", config="sample-10BT"))
+
+
+def test_a_gemma_3_pair_offline_says_what_it_lacks(hf_cache: Path, tmp_path: Path) -> None:
+    """Gemma 3 models (gated) and the Gemma Scope 2 SAEs of both sides, one missing piece at a time."""
+    from saetransfer.loading.testing import save_gemma_scope_2_folder
+
+    assert availability(GEMMA3_PAIR, allow_hub=False) == (
+        "base: offline: google/gemma-3-270m is not in the HF cache (pass --hub to download; gated: set HF_TOKEN)")
+    model = tmp_path / "files" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")
+    for repo in ("google/gemma-3-270m", "google/gemma-3-270m-it"):
+        fake_hub_cache(hf_cache, repo, model)
+    assert availability(GEMMA3_PAIR, allow_hub=False).startswith(
+        "sae: offline: google/gemma-scope-2-270m-pt is not in the HF cache")
+    folder = "resid_post/layer_12_width_16k_l0_medium"
+    for repo in ("google/gemma-scope-2-270m-pt", "google/gemma-scope-2-270m-it"):
+        save_gemma_scope_2_folder(tmp_path / repo / folder, layer=12, d_in=8, d_sae=8)
+        fake_hub_cache(hf_cache, repo, tmp_path / repo)
+    snapshot = next((hf_cache / "models--google--gemma-scope-2-270m-it" / "snapshots").iterdir())
+    (snapshot / folder / "params.safetensors").unlink()  # config.json alone is not an SAE
+    assert availability(GEMMA3_PAIR, allow_hub=False).startswith(
+        "native_sae: offline: google/gemma-scope-2-270m-it is not in the HF cache")
+    fake_hub_cache(hf_cache, "google/gemma-scope-2-270m-it", tmp_path / "google/gemma-scope-2-270m-it")
+    assert availability(GEMMA3_PAIR, allow_hub=False) == (
+        "dataset: offline: HuggingFaceFW/fineweb is not in the HF cache (pass --hub to download)")

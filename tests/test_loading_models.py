@@ -153,3 +153,118 @@ def test_hub_repo_with_only_pickled_weights(tmp_path: Path, tokens, monkeypatch:
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     loaded = load_model(ModelSource(hub="old-org/gpt2-finetune"), processing=NO_PROCESSING)
     torch.testing.assert_close(tl_logits(loaded, tokens), hf_logits(hf, tokens), atol=ATOL, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gemma 3 (google/gemma-3-270m and -it): every setting TL needs is read from config.json.
+
+# Each variant of the tiny Gemma 3 config changes HF's logits; TL, loading the same weights with the
+# variant config, must follow. A setting TL ignored would leave TL on the original logits.
+GEMMA3_VARIANTS: dict[str, dict] = {
+    "window-covers-sequence": {"sliding_window": 64},  # local layers become global ones
+    "all-global": {"layer_types": ["full_attention"] * 3},
+    "one-rope-base": {"rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 1000.0},
+                                          "full_attention": {"rope_type": "default", "rope_theta": 1000.0}}},
+    "query-scalar-is-head-dim": {"query_pre_attn_scalar": 8},
+    "final-soft-cap": {"final_logit_softcapping": 2.0},
+    # HF keeps it in the config but Gemma3Attention never applies it: neither may TL
+    "attention-soft-cap-unused": {"attn_logit_softcapping": 0.5},
+}
+
+
+@pytest.fixture(scope="module")
+def gemma3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    """Tiny Gemma 3 with every weight redrawn (norm weights too) so that no setting is a no-op."""
+    directory = tmp_path_factory.mktemp("gemma3")
+    hf = save_tiny_model(directory, "Gemma3ForCausalLM", vocab_size=len(word_vocab(WORDS)), init_std=0.3)
+    save_word_tokenizer(directory, word_vocab(WORDS))
+    return directory, hf
+
+
+def _gemma3_variant(directory: Path, target: Path, changes: dict, drop: tuple[str, ...] = ()) -> Path:
+    import json
+    import shutil
+
+    shutil.copytree(directory, target)
+    config = {k: v for k, v in json.loads((target / "config.json").read_text()).items() if k not in drop}
+    (target / "config.json").write_text(json.dumps({**config, **changes}))
+    return target
+
+
+@pytest.mark.parametrize("variant", sorted(GEMMA3_VARIANTS))
+def test_gemma3_reads_each_setting_from_the_config(gemma3, tokens, tmp_path: Path, variant: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    directory, hf = gemma3
+    folder = _gemma3_variant(directory, tmp_path / variant, GEMMA3_VARIANTS[variant])
+    hf_variant = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    expected = hf_logits(hf_variant, tokens)
+    changed = (expected - hf_logits(hf, tokens)).abs().max().item()
+    if variant == "attention-soft-cap-unused":
+        assert changed == 0
+    else:
+        assert changed > 1e-2, f"{variant} does not change HF's logits here: the test would prove nothing"
+    torch.testing.assert_close(tl_logits(load_model(ModelSource(path=folder), processing=NO_PROCESSING), tokens),
+                               expected, atol=ATOL, rtol=0)
+    # the default processing too (center_unembed is off under a final soft-cap, as in TL's from_pretrained)
+    torch.testing.assert_close(tl_logits(load_model(ModelSource(path=folder)), tokens).log_softmax(-1),
+                               expected.log_softmax(-1), atol=ATOL, rtol=0)
+
+
+def test_gemma3_reads_the_transformers_4_keys(gemma3, tokens, tmp_path: Path) -> None:
+    """google/gemma-3-270m's config.json was written by transformers 4.55: rope_theta (global) and
+    rope_local_base_freq (local) instead of rope_parameters."""
+    directory, hf = gemma3
+    folder = _gemma3_variant(directory, tmp_path / "v4", {"rope_theta": 1000.0, "rope_local_base_freq": 10.0,
+                                                           "rope_scaling": None}, drop=("rope_parameters",))
+    loaded = load_model(ModelSource(path=folder), processing=NO_PROCESSING)
+    assert (loaded.model.cfg.rotary_base, loaded.model.cfg.rotary_base_local) == (1000.0, 10.0)
+    torch.testing.assert_close(tl_logits(loaded, tokens), hf_logits(hf, tokens), atol=ATOL, rtol=0)
+
+
+# google/gemma-3-270m config.json (transformers 4.55.0.dev0), the fields a model config reads; the -it
+# finetune has the same architecture. The sizes agree with TL's name-keyed entry for the family.
+GEMMA3_270M = {
+    "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "_sliding_window_pattern": 6,
+    "attention_bias": False, "attention_dropout": 0.0, "attn_logit_softcapping": None, "final_logit_softcapping": None,
+    "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+    "hidden_size": 640, "intermediate_size": 2048, "max_position_embeddings": 32768, "num_attention_heads": 4,
+    "num_hidden_layers": 18, "num_key_value_heads": 1, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06,
+    "rope_local_base_freq": 10000.0, "rope_scaling": None, "rope_theta": 1000000.0, "sliding_window": 512,
+    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 3, "use_bidirectional_attention": False,
+    "vocab_size": 262144, "tie_word_embeddings": True,
+}
+
+
+def test_gemma3_270m_config_matches_transformer_lens_own_entry(tmp_path: Path) -> None:
+    """From the checkpoint's config.json, the TL config TL itself uses for google/gemma-3-270m (no weights)."""
+    import json
+
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+    from transformers import AutoConfig
+
+    from saetransfer.loading.tl_configs import tl_config
+
+    (tmp_path / "config.json").write_text(json.dumps(GEMMA3_270M))
+    ours = tl_config(AutoConfig.from_pretrained(tmp_path), name="google/gemma-3-270m")
+    official = convert_hf_model_config("google/gemma-3-270m")  # name-keyed in TL: no request
+    theirs = HookedTransformerConfig.from_dict({k: v for k, v in official.items()
+                                                if k not in ("tokenizer_name", "quantization_method")})
+    fields = [k for k in official if k not in ("tokenizer_name", "quantization_method", "initializer_range")]
+    assert {k: getattr(ours, k) for k in fields} == {k: getattr(theirs, k) for k in fields}
+    assert ours.attn_scale == theirs.attn_scale == 16.0  # 1/sqrt(query_pre_attn_scalar = 256 = head_dim)
+    assert ours.output_logits_soft_cap == theirs.output_logits_soft_cap  # none for Gemma 3
+
+
+def test_gemma3_residual_stream_is_hfs_layer_output(gemma3, tokens) -> None:
+    """Gemma Scope 2 reads HF's `model.layers.N.output`; TL's blocks.N.hook_resid_post under the default
+    processing (what its SAELens config asks: no model_from_pretrained_kwargs) is that tensor."""
+    directory, hf = gemma3
+    loaded = load_model(ModelSource(path=directory), processing=processing_for({}))
+    names = [f"blocks.{n}.hook_resid_post" for n in range(3)]
+    _, cache = loaded.model.run_with_cache(tokens, names_filter=names)
+    with torch.no_grad():
+        hidden = hf(tokens, output_hidden_states=True).hidden_states
+    for n, name in enumerate(names[:-1]):  # HF's last hidden state is after the final norm
+        torch.testing.assert_close(cache[name], hidden[n + 1], atol=ATOL, rtol=0)

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from saetransfer.loading import LoadedModel, check_sae_fits, load_model, load_sae, processing_for
-from saetransfer.loading.testing import fake_hub_cache, save_tiny_model, save_tiny_sae, save_word_tokenizer, word_vocab
+from saetransfer.loading.testing import (
+    fake_hub_cache, save_gemma_scope_2_folder, save_tiny_model, save_tiny_sae, save_word_tokenizer, word_vocab,
+)
 from saetransfer.registry import ModelSource, SaeSource
 
 HOOK = "blocks.1.hook_resid_pre"
@@ -80,3 +82,112 @@ def test_release_loads_from_the_hf_cache_with_its_overrides(tmp_path: Path, monk
     # the release's config_overrides in SAELens's directory (pretrained_saes.yaml)
     assert loaded.model_from_pretrained_kwargs == {"center_writing_weights": True}
     assert processing_for(loaded.model_from_pretrained_kwargs)["center_writing_weights"] is True
+
+
+# Gemma Scope 2 (SAELens conversion `gemma_3`): google/gemma-scope-2-270m-{pt,it}, folder
+# resid_post/layer_N_width_16k_l0_medium holding config.json + params.safetensors (not SAELens format).
+GS2 = {"gemma-scope-2-270m-pt-res": "google/gemma-scope-2-270m-pt",
+       "gemma-scope-2-270m-it-res": "google/gemma-scope-2-270m-it"}
+
+
+@pytest.mark.usefixtures("no_network")
+@pytest.mark.parametrize("release", sorted(GS2))
+@pytest.mark.parametrize("with_config", [True, False], ids=["config-json", "inferred-config"])
+def test_gemma_scope_2_loads_from_the_hf_cache_without_a_request(hf_cache: Path, tmp_path: Path, release: str,
+                                                                 with_config: bool) -> None:
+    """SAELens reads a Gemma Scope 2 SAE's shapes by HTTP range requests even when cached (and offline);
+    here they come from the cached file's header, and nothing touches the network."""
+    from saetransfer.loading.saes import release_hook
+
+    for layer in (5, 12):
+        save_gemma_scope_2_folder(tmp_path / "files" / f"resid_post/layer_{layer}_width_16k_l0_medium", layer=layer,
+                                  d_in=32, d_sae=48, seed=layer, with_config=with_config)
+    fake_hub_cache(hf_cache, GS2[release], tmp_path / "files")
+    for layer in (5, 12):
+        sae_id = f"layer_{layer}_width_16k_l0_medium"
+        loaded = load_sae(SaeSource(name=release, release=release, sae_id=sae_id))
+        assert (loaded.hook_name, loaded.architecture, loaded.d_in, loaded.d_sae) == (
+            f"blocks.{layer}.hook_resid_post", "jumprelu", 32, 48)
+        assert (loaded.context_size, loaded.prepend_bos, loaded.model_from_pretrained_kwargs) == (1024, True, {})
+        assert release_hook(release, sae_id) == loaded.hook_name  # what preflight knows without the files
+        from safetensors.torch import load_file
+
+        params = load_file(tmp_path / "files" / f"resid_post/{sae_id}/params.safetensors")
+        torch.testing.assert_close(loaded.sae.W_enc, params["w_enc"], atol=0, rtol=0)
+        torch.testing.assert_close(loaded.sae.threshold, params["threshold"], atol=0, rtol=0)
+        acts = torch.randn(3, 32)
+        pre = acts @ params["w_enc"] + params["b_enc"]
+        torch.testing.assert_close(loaded.sae.encode(acts), pre * (pre > params["threshold"]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.usefixtures("no_network", "hf_cache")
+def test_gemma_scope_2_not_cached_offline_is_unavailable_without_a_request() -> None:
+    from saetransfer.loading import HubUnavailableError
+
+    with pytest.raises(HubUnavailableError, match=r"offline: google/gemma-scope-2-270m-pt \(SAE\) is not in the HF "
+                                                  r"cache \(pass --hub to download"):
+        load_sae(SaeSource(name="gs2", release="gemma-scope-2-270m-pt-res", sae_id="layer_12_width_16k_l0_medium"))
+
+
+def test_hub_axes_draft_names_sae_lens_entries() -> None:
+    """fixtures/hub-axes-draft.toml (the registry draft for the axes schema): every release and id is in
+    SAELens's directory, and every hook is the SAE's own (the id for the jbloom releases, the folder for
+    Gemma Scope 2), a residual hook preflight accepts."""
+    import tomllib
+
+    from saetransfer.loading.preflight import check_hook_kind
+    from saetransfer.loading.saes import release_hook, release_location
+    from saetransfer.paths import FIXTURES
+
+    draft = tomllib.loads((FIXTURES / "hub-axes-draft.toml").read_text())
+    checked = 0
+    for pair in draft["pair"]:
+        entries = [pair, *pair.get("axes", [])] if "hook" in pair else pair["axes"]
+        for entry in entries:
+            check_hook_kind(entry["hook"])
+            for role in ("sae", "native_sae"):
+                if role not in entry:
+                    continue
+                release, sae_id = entry[role]["release"], entry[role]["id"]
+                release_location(release, sae_id)  # raises for an unknown release or id
+                known = release_hook(release, sae_id) or (sae_id if sae_id.startswith("blocks.") else None)
+                assert known == entry["hook"], (pair["id"], role, sae_id)
+                checked += 1
+    assert checked == 2 * 4 + (2 + 3) + 2 * 4
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_network")
+def test_a_gemma_3_pair_with_gemma_scope_2_saes_runs_offline(hf_cache: Path, tmp_path: Path) -> None:
+    """End to end through the engine: tiny Gemma 3 base and finetune (local/global layers, window 4 < the
+    16-token rows), the Gemma Scope 2 SAEs of both sides from the HF cache, no request. Random SAEs: the
+    verdict itself means nothing here, only that every step runs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from saetransfer import engine
+    from saetransfer.config import RunConfig
+    from saetransfer.registry import VERDICTS, DatasetSource, Pair
+
+    vocab = word_vocab([f"w{i}" for i in range(60)])
+    six = {"num_hidden_layers": 6, "layer_types": ["sliding_attention"] * 5 + ["full_attention"]}
+    for name, seed in (("base", 0), ("it", 1)):
+        save_tiny_model(tmp_path / name, "Gemma3ForCausalLM", vocab_size=len(vocab), seed=seed, overrides=six)
+        save_word_tokenizer(tmp_path / name, vocab)
+    sae_id = "layer_5_width_16k_l0_medium"
+    for seed, repo in enumerate(sorted(GS2.values())):
+        save_gemma_scope_2_folder(tmp_path / repo / "resid_post" / sae_id, layer=5, d_in=32, d_sae=48, seed=seed)
+        fake_hub_cache(hf_cache, repo, tmp_path / repo)
+    rows = torch.randint(4, len(vocab), (128, 16), generator=torch.Generator().manual_seed(0))
+    rows[:, 0] = 0
+    pq.write_table(pa.table({"input_ids": rows.tolist()}), tmp_path / "eval.parquet")
+    pair = Pair(id="tiny-gemma3__it", base=ModelSource(path=tmp_path / "base"),
+                finetune=ModelSource(path=tmp_path / "it"),
+                sae=SaeSource(name="pt", release="gemma-scope-2-270m-pt-res", sae_id=sae_id),
+                native_sae=SaeSource(name="it", release="gemma-scope-2-270m-it-res", sae_id=sae_id),
+                hook="blocks.5.hook_resid_post", context_size=16, batch_size=8,
+                dataset=DatasetSource(path=tmp_path / "eval.parquet", column="input_ids"))
+    result = engine.evaluate_pair(pair, RunConfig(n_tokens=2048, progress=False))
+    assert (result.provenance.sae_architecture, result.provenance.n_tokens, result.provenance.d_sae) == (
+        "jumprelu", 2048, 48)
+    assert result.verdict.verdict in VERDICTS and result.verdict.verdict != "not comparable"

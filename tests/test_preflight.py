@@ -18,7 +18,7 @@ from saetransfer.loading import (
 from saetransfer.loading.preflight import ModelShape, check_device, check_hook_kind, check_hook_layer, model_shape
 from saetransfer.loading.testing import fake_hub_cache
 from saetransfer.masking import KEPT_FLOOR
-from saetransfer.registry import ModelSource, Pair, load_registry
+from saetransfer.registry import DatasetSource, ModelSource, Pair, SaeSource, load_registry
 
 
 @dataclass(frozen=True)
@@ -159,3 +159,43 @@ def test_the_engine_runs_preflight_before_loading_anything(monkeypatch: pytest.M
         monkeypatch.setattr(loading, name, no_loading)
     with pytest.raises(UnsupportedHookError, match="hook_resid_pree"):
         engine.evaluate_pair(replace(zoo_pair(), hook="blocks.2.hook_resid_pree"), RunConfig(n_tokens=4096))
+
+
+GEMMA3_PAIR = Pair(
+    id="gemma-3-270m__it", base=ModelSource(hub="google/gemma-3-270m"),
+    finetune=ModelSource(hub="google/gemma-3-270m-it"),
+    sae=SaeSource(name="gs2-pt", release="gemma-scope-2-270m-pt-res", sae_id="layer_12_width_16k_l0_medium"),
+    native_sae=SaeSource(name="gs2-it", release="gemma-scope-2-270m-it-res", sae_id="layer_12_width_16k_l0_medium"),
+    hook="blocks.12.hook_resid_post", dataset=DatasetSource(hub="HuggingFaceFW/fineweb", config="sample-10BT"),
+    context_size=256, batch_size=8)
+
+
+@pytest.mark.usefixtures("hf_cache", "no_network")
+def test_a_gemma_scope_2_hook_is_known_from_the_sae_lens_directory_alone() -> None:
+    """Nothing cached, no request: the Gemma Scope 2 folder name says the hook (SAELens derives it so)."""
+    assert preflight(GEMMA3_PAIR, Settings(n_tokens=4096)) == []
+    native = replace(GEMMA3_PAIR.native_sae, sae_id="layer_9_width_16k_l0_medium")
+    with pytest.raises(SaeMismatchError, match=r"field 'native_sae' .*trained at 'blocks.9.hook_resid_post' but the "
+                                               r"entry's hook is 'blocks.12.hook_resid_post'"):
+        preflight(replace(GEMMA3_PAIR, native_sae=native), Settings(n_tokens=4096))
+    with pytest.raises(SaeMismatchError, match=r"field 'sae' .*set hook = 'blocks.12.hook_resid_post'"):
+        preflight(replace(GEMMA3_PAIR, hook="blocks.12.hook_resid_pre"), Settings(n_tokens=4096))
+
+
+@pytest.mark.usefixtures("no_network")
+def test_a_cached_gemma_scope_2_sae_is_checked_against_the_models_width(hf_cache: Path, tmp_path: Path) -> None:
+    """params.safetensors's header gives d_in; config.json gives the cached models' width."""
+    from saetransfer.loading.testing import save_gemma_scope_2_folder
+
+    for repo in ("google/gemma-3-270m", "google/gemma-3-270m-it"):
+        files = tmp_path / repo
+        files.mkdir(parents=True)
+        (files / "config.json").write_text(json.dumps({"num_hidden_layers": 18, "hidden_size": 640}))
+        fake_hub_cache(hf_cache, repo, files)
+    for repo, d_in in (("google/gemma-scope-2-270m-pt", 640), ("google/gemma-scope-2-270m-it", 512)):
+        save_gemma_scope_2_folder(tmp_path / repo / "resid_post/layer_12_width_16k_l0_medium", layer=12, d_in=d_in,
+                                  d_sae=16)
+        fake_hub_cache(hf_cache, repo, tmp_path / repo)
+    with pytest.raises(SaeMismatchError, match=r"field 'native_sae' .*d_in 512 but the finetune model "
+                                               r"google/gemma-3-270m-it \(HF cache\) has d_model 640"):
+        preflight(GEMMA3_PAIR, Settings(n_tokens=4096))

@@ -26,6 +26,8 @@ TOKENIZER_MARKERS: tuple[str, ...] = ("tokenizer.json", "tokenizer_config.json",
 """Any one of these makes a dir loadable by AutoTokenizer (the same test as `load_tokenizer`)."""
 SAE_WEIGHTS = "sae_weights.safetensors"
 """What SAELens's `SAE.load_from_disk` reads next to cfg.json."""
+GEMMA_SCOPE_2_WEIGHTS = "params.safetensors"
+"""What SAELens's `gemma_3` conversion (Gemma Scope 2) reads next to config.json."""
 
 
 def where(pair: Pair, role: str) -> str:
@@ -129,14 +131,22 @@ def sae_snapshot(source: SaeSource) -> Path | None:
     Raises:
         SaeConfigError: an unknown release or sae_id.
     """
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
     from saetransfer.loading.saes import release_location
 
     assert source.release is not None and source.sae_id is not None
     repo_id, folder = release_location(source.release, source.sae_id)
     found = cached_snapshot(repo_id, allow_patterns=[f"{folder}/*", folder])
     here = None if found is None else found / folder
-    # a SAELens-format folder needs its weights next to cfg.json; other formats: the folder itself
-    if here is not None and here.exists() and (not (here / "cfg.json").is_file() or (here / SAE_WEIGHTS).is_file()):
+    if here is None or not here.exists():
+        return None
+    # a SAELens-format folder needs its weights next to cfg.json, a Gemma Scope 2 SAE folder its
+    # params.safetensors (config.json is optional: SAELens infers it); other formats: the folder itself
+    entry = get_pretrained_saes_directory().get(source.release)
+    if entry is not None and entry.conversion_func == "gemma_3" and "clt" not in folder:
+        return here if (here / GEMMA_SCOPE_2_WEIGHTS).is_file() else None
+    if not (here / "cfg.json").is_file() or (here / SAE_WEIGHTS).is_file():
         return here
     return None
 

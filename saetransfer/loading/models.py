@@ -189,6 +189,10 @@ def load_model(source: ModelSource, *, device: str = "cpu", dtype: torch.dtype =
     remote = source.trust_remote_code  # never on unless the registry entry says so
     hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=remote)
     cfg = tl_config(hf_config, name=source.tl_name or source.hub or folder.name, n_ctx=n_ctx)
+    if getattr(cfg, "output_logits_soft_cap", -1.0) > 0:
+        # as TL's from_pretrained does: a logit soft-cap is not shift-invariant, so centring W_U would
+        # change the log-probs (the residual stream, the SAE's basis, is the same either way)
+        flags["center_unembed"] = False
     hf_model = AutoModelForCausalLM.from_pretrained(folder, config=hf_config, dtype=torch.float32,
                                                     trust_remote_code=remote)
     if source.interpolate_from is not None:

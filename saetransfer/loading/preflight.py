@@ -22,12 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from saetransfer.loading.availability import SAE_WEIGHTS, check_local_sources, sae_snapshot, where
+from saetransfer.loading.availability import (
+    GEMMA_SCOPE_2_WEIGHTS, SAE_WEIGHTS, check_local_sources, sae_snapshot, where,
+)
 from saetransfer.loading.errors import (
     DeviceUnavailableError, MissingPathError, SaeMismatchError, TokenBudgetError, UnreadableFileError,
     UnsupportedArchitectureError, UnsupportedHookError,
 )
 from saetransfer.loading.hub import MODEL_FILES, TOP_LEVEL_ONLY, cached_snapshot
+from saetransfer.loading.saes import release_hook
 from saetransfer.masking import KEPT_FLOOR
 from saetransfer.paths import portable_path
 from saetransfer.registry import ModelSource, Pair, SaeSource
@@ -185,6 +188,7 @@ def model_shape(folder: Path, label: str, name: str) -> ModelShape:
 def sae_shape(folder: Path, label: str, *, local: bool) -> SaeShape | None:
     """d_in, d_sae (and, for a local dir, hook, context and BOS) from cfg.json, checked against the weights.
 
+    A Gemma Scope 2 folder (no cfg.json): d_in, d_sae from params.safetensors's header, no settings.
     None for a folder in another format (no cfg.json with integer d_in/d_sae): SAELens converts those.
 
     Raises:
@@ -193,7 +197,7 @@ def sae_shape(folder: Path, label: str, *, local: bool) -> SaeShape | None:
     """
     cfg_file = folder / "cfg.json"
     if not cfg_file.is_file():
-        return None
+        return _gemma_scope_2_shape(folder, label)
     cfg = _read_json(cfg_file, label)
     d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
     if not isinstance(d_in, int) or not isinstance(d_sae, int):
@@ -218,6 +222,17 @@ def sae_shape(folder: Path, label: str, *, local: bool) -> SaeShape | None:
 
     return SaeShape(d_in=d_in, d_sae=d_sae, hook_name=setting("hook_name", str),
                     context_size=setting("context_size", int), prepend_bos=setting("prepend_bos", bool))
+
+
+def _gemma_scope_2_shape(folder: Path, label: str) -> SaeShape | None:
+    """d_in, d_sae of a Gemma Scope 2 folder (params.safetensors, `w_enc` of shape (d_in, d_sae)), else None."""
+    params = folder / GEMMA_SCOPE_2_WEIGHTS
+    if not params.is_file():
+        return None
+    w_enc = _header(params, label).get("w_enc")
+    if w_enc is None or len(w_enc) != 2:
+        return None
+    return SaeShape(d_in=w_enc[0], d_sae=w_enc[1], hook_name=None, context_size=None, prepend_bos=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,10 +319,16 @@ def _check_interpolable(pair: Pair, role: str, source: ModelSource, start: Model
 
 
 def _sae(pair: Pair, role: str, source: SaeSource, shapes: dict[str, ModelShape]) -> SaeShape | None:
+    label = f"{where(pair, role)} ({source.describe()})"
+    if source.release is not None and source.sae_id is not None:
+        # knowable from SAELens's directory alone, cached or not (Gemma Scope 2: from the folder name)
+        known = release_hook(source.release, source.sae_id)
+        if known is not None and known != pair.hook:
+            raise SaeMismatchError(f"{label}: the SAE was trained at {known!r} but the entry's hook is {pair.hook!r}; "
+                                   f"set hook = {known!r} or use an SAE trained at {pair.hook!r}")
     folder = Path(source.path) if source.path is not None else sae_snapshot(source)
     if folder is None:
         return None  # a release not in the HF cache
-    label = f"{where(pair, role)} ({source.describe()})"
     sae = sae_shape(folder, label, local=source.is_local)
     if sae is None:
         return None

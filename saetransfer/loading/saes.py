@@ -6,7 +6,10 @@ In SAELens v6 the training settings the suite needs (hook, context, BOS, model k
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +69,71 @@ def release_location(release: str, sae_id: str) -> tuple[str, str]:
     return entry.repo_id, entry.saes_map[sae_id]
 
 
+# Where SAELens's `gemma_3` conversion (Gemma Scope 2) puts a folder's SAE: the folder kind -> the TL
+# hook, as `sae_lens.loading.pretrained_sae_loaders.get_gemma_3_config_from_hf` derives it.
+_GEMMA_3_HOOKS: tuple[tuple[str, str], ...] = (
+    ("resid_post", "hook_resid_post"), ("attn_out", "attn.hook_z"), ("mlp_out", "hook_mlp_out"),
+    ("transcoder", "hook_mlp_in"), ("clt", "hook_mlp_in"),
+)
+
+
+def release_hook(release: str, sae_id: str) -> str | None:
+    """The hook a SAELens release entry's SAE reads, when SAELens's directory alone says it (no file read).
+
+    From the release's `config_overrides` (`hook_name`), or for the `gemma_3` conversion (Gemma Scope 2,
+    whose folders carry no hook name) from the folder path as SAELens derives it:
+    `resid_post/layer_12_width_16k_l0_medium` -> `blocks.12.hook_resid_post`. None otherwise (the hook
+    is then in the SAE's own config, known once it is cached).
+
+    Raises:
+        SaeConfigError: an unknown release or sae_id.
+    """
+    from sae_lens.loading.pretrained_saes_directory import get_config_overrides, get_pretrained_saes_directory
+
+    _, folder = release_location(release, sae_id)
+    hook = get_config_overrides(release, sae_id).get("hook_name")
+    if isinstance(hook, str):
+        return hook
+    entry = get_pretrained_saes_directory().get(release)
+    layer = re.search(r"layer_(\d+)", folder)
+    if entry is None or entry.conversion_func != "gemma_3" or layer is None:
+        return None
+    return next((f"blocks.{layer.group(1)}.{name}" for kind, name in _GEMMA_3_HOOKS if kind in folder), None)
+
+
+@contextlib.contextmanager
+def _cached_tensor_shapes(allow_hub: bool) -> Iterator[None]:
+    """SAELens's safetensors shape probe, cache first.
+
+    SAELens's `gemma_3` loader (and its CLT loader) read a weights file's tensor shapes by HTTP range
+    requests made with `requests` (`get_safetensors_tensor_shapes`), past huggingface_hub's cache and
+    its offline switch, on every load. Here the shapes come from the cached file's header; only with
+    `allow_hub` and the file not cached does SAELens's own probe run.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from safetensors import safe_open
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+
+    remote = loaders.get_safetensors_tensor_shapes
+
+    def shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
+        try:
+            path = hf_hub_download(repo_id, filename, local_files_only=True)
+        except LocalEntryNotFoundError:
+            if not allow_hub:
+                raise
+            return remote(repo_id, filename)
+        with safe_open(path, framework="numpy") as handle:
+            return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+
+    loaders.get_safetensors_tensor_shapes = shapes
+    try:
+        yield
+    finally:
+        loaders.get_safetensors_tensor_shapes = remote
+
+
 def load_sae(source: SaeSource, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
              allow_hub: bool = False) -> LoadedSAE:
     """Load an SAE from a local SAELens dir or a SAELens release (HF cache only unless `allow_hub`).
@@ -88,7 +156,7 @@ def load_sae(source: SaeSource, *, device: str = "cpu", dtype: torch.dtype = tor
     elif source.release is not None and source.sae_id is not None:
         repo_id, _ = release_location(source.release, source.sae_id)
         try:
-            with hub_guard(allow_hub):
+            with hub_guard(allow_hub), _cached_tensor_shapes(allow_hub):
                 sae = SAE.from_pretrained(source.release, source.sae_id, device=device, dtype=dtype_name)
         except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError) as err:
             raise HubUnavailableError(

@@ -7,6 +7,7 @@ entries, and TL's weight converters (`transformer_lens.pretrained.weight_convers
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 
 # Default context: TL's own per-family caps (a causal mask of n_ctx^2 per layer), else the
 # checkpoint's maximum.
-_N_CTX_CAP: dict[str, int] = {"MistralForCausalLM": 2048, "LlamaForCausalLM": 2048, "GemmaForCausalLM": 8192}
+_N_CTX_CAP: dict[str, int] = {"MistralForCausalLM": 2048, "LlamaForCausalLM": 2048, "GemmaForCausalLM": 8192,
+                              "Gemma3ForCausalLM": 8192}
 
 
 
@@ -77,6 +79,66 @@ def _gemma(hf: PreTrainedConfig) -> dict[str, Any]:
     }
 
 
+# HF Gemma 3 layer types -> TL attention types
+_GEMMA3_ATTN = {"sliding_attention": "local", "full_attention": "global"}
+
+
+def _gemma3_rope(hf: PreTrainedConfig) -> dict[str, Any]:
+    """Per-layer-type RoPE of Gemma 3: the global base (and linear scaling), the local base.
+
+    transformers 5 keeps one `rope_parameters` dict per layer type; 4.x has `rope_theta` (global),
+    `rope_local_base_freq` (local) and `rope_scaling` (global layers only).
+    """
+    params = dict(getattr(hf, "rope_parameters", None) or {})
+    if "full_attention" in params:
+        full, local = dict(params["full_attention"] or {}), dict(params.get("sliding_attention") or {})
+    else:
+        full = {"rope_theta": getattr(hf, "rope_theta", None) or 1_000_000.0,
+                **(getattr(hf, "rope_scaling", None) or {})}
+        local = {"rope_theta": getattr(hf, "rope_local_base_freq", None) or 10_000.0}
+    out: dict[str, Any] = {"rotary_base": full["rope_theta"], "rotary_base_local": local["rope_theta"],
+                           "positional_embedding_type": "rotary"}
+    full_kind = full.get("rope_type") or full.get("type") or "default"
+    local_kind = local.get("rope_type") or local.get("type") or "default"
+    if full_kind == "linear":  # TL scales the global layers only, as HF does (Gemma 3 4B and up)
+        out["rotary_scaling_factor"] = float(full.get("factor", 1.0))
+    elif full_kind != "default" or local_kind != "default":
+        raise UnsupportedArchitectureError(
+            f"Gemma 3 rope scaling {full_kind!r} (global) / {local_kind!r} (local) has no TransformerLens "
+            "equivalent (supported: default, or linear on the global layers)")
+    return out
+
+
+def _gemma3(hf: PreTrainedConfig) -> dict[str, Any]:
+    # Mirrors TL's name-keyed google/gemma-3-* entries, read from the config instead: q/k norms, pre-
+    # and post-norms around attention and MLP, local/global layers with their own RoPE bases, and the
+    # query scale 1/sqrt(query_pre_attn_scalar) (TL divides by attn_scale). The sqrt(d_model) embedding
+    # scale is in TL's converter (convert_gemma_weights).
+    _refuse(hf, attention_bias=True, use_bidirectional_attention=True)
+    layer_types = list(hf.layer_types)
+    unknown = sorted(set(layer_types) - set(_GEMMA3_ATTN))
+    if unknown or len(layer_types) != hf.num_hidden_layers:
+        raise UnsupportedArchitectureError(
+            f"{hf.architectures[0]} layer_types {unknown or layer_types} are not {sorted(_GEMMA3_ATTN)} "
+            f"for each of the {hf.num_hidden_layers} layers")
+    attn_types = [_GEMMA3_ATTN[kind] for kind in layer_types]
+    local = "local" in attn_types
+    # HF's Gemma3Attention keeps attn_logit_softcapping in the config but never applies it (q/k norms
+    # replaced Gemma 2's attention soft-cap), so neither does TL here; the final logit soft-cap it applies.
+    caps = {} if hf.final_logit_softcapping is None else {"output_logits_soft_cap": float(hf.final_logit_softcapping)}
+    return {
+        "d_model": hf.hidden_size, "d_head": hf.head_dim, "n_heads": hf.num_attention_heads,
+        "d_mlp": hf.intermediate_size, "n_layers": hf.num_hidden_layers, "n_ctx": hf.max_position_embeddings,
+        "eps": hf.rms_norm_eps, "d_vocab": hf.vocab_size, "act_fn": hf.hidden_activation,
+        "normalization_type": "RMS", "rotary_dim": hf.head_dim, "use_attn_scale": True,
+        "attn_scale": float(hf.query_pre_attn_scalar) ** 0.5,
+        "n_key_value_heads": hf.num_key_value_heads, "gated_mlp": True, "final_rms": True,
+        "use_normalization_before_and_after": True, "use_qk_norm": True,
+        "use_local_attn": local, "attn_types": attn_types if local else None,
+        "window_size": hf.sliding_window if local else None, **caps, **_gemma3_rope(hf),
+    }
+
+
 def _mistral(hf: PreTrainedConfig) -> dict[str, Any]:
     head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     window = getattr(hf, "sliding_window", None)
@@ -106,7 +168,7 @@ def _llama(hf: PreTrainedConfig) -> dict[str, Any]:
 
 
 _CONFIGS: dict[str, Callable[[Any], dict[str, Any]]] = {
-    "GPT2LMHeadModel": _gpt2, "GemmaForCausalLM": _gemma,
+    "GPT2LMHeadModel": _gpt2, "GemmaForCausalLM": _gemma, "Gemma3ForCausalLM": _gemma3,
     "MistralForCausalLM": _mistral, "LlamaForCausalLM": _llama,
 }
 
@@ -117,12 +179,13 @@ def converter(architecture: str) -> Callable[[Any, Any], dict[str, torch.Tensor]
 
     return {
         "GPT2LMHeadModel": wc.convert_gpt2_weights, "GemmaForCausalLM": wc.convert_gemma_weights,
+        "Gemma3ForCausalLM": wc.convert_gemma_weights,  # TL's own choice for Gemma 3 (q/k norms included)
         "MistralForCausalLM": wc.convert_mistral_weights, "LlamaForCausalLM": wc.convert_llama_weights,
     }[architecture]
 
 
 def tl_config(hf_config: PreTrainedConfig, *, name: str, n_ctx: int | None = None) -> HookedTransformerConfig:
-    """The fp32 CPU `HookedTransformerConfig` for an HF config (GPT-2, Gemma v1, Mistral, Llama).
+    """The fp32 CPU `HookedTransformerConfig` for an HF config (GPT-2, Gemma v1, Gemma 3 text, Mistral, Llama).
 
     Args:
         hf_config: the checkpoint's config (`AutoConfig.from_pretrained(dir)`).
@@ -146,6 +209,13 @@ def tl_config(hf_config: PreTrainedConfig, *, name: str, n_ctx: int | None = Non
     cfg["n_ctx"] = n_ctx or min(limit, _N_CTX_CAP.get(architecture, limit))
     cfg.update(original_architecture=architecture, model_name=name, init_weights=False, device="cpu",
                dtype=torch.float32, n_devices=1, default_prepend_bos=True)
+    lacking = sorted(set(cfg) - {f.name for f in dataclasses.fields(HookedTransformerConfig)})
+    if lacking:  # e.g. Gemma 3's use_qk_norm / rotary_base_local in an older transformer-lens
+        import transformer_lens
+
+        raise UnsupportedArchitectureError(
+            f"{name}: {architecture} needs TransformerLens config fields {lacking}, which transformer-lens "
+            f"{getattr(transformer_lens, '__version__', '?')} lacks; upgrade transformer-lens")
     return HookedTransformerConfig.from_dict(cfg)
 
 
