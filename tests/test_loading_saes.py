@@ -129,31 +129,25 @@ def test_gemma_scope_2_not_cached_offline_is_unavailable_without_a_request() -> 
         load_sae(SaeSource(name="gs2", release="gemma-scope-2-270m-pt-res", sae_id="layer_12_width_16k_l0_medium"))
 
 
-def test_hub_axes_draft_names_sae_lens_entries() -> None:
-    """fixtures/hub-axes-draft.toml (the registry draft for the axes schema): every release and id is in
-    SAELens's directory, and every hook is the SAE's own (the id for the jbloom releases, the folder for
-    Gemma Scope 2), a residual hook preflight accepts."""
-    import tomllib
-
+def test_registered_release_saes_are_sae_lens_entries_at_their_hooks() -> None:
+    """Every SAELens release SAE of the committed registry (every axis, both directions) is in SAELens's
+    directory, and its hook is the SAE's own (the id for the jbloom releases, the folder for Gemma Scope 2)."""
     from saetransfer.loading.preflight import check_hook_kind
     from saetransfer.loading.saes import release_hook, release_location
-    from saetransfer.paths import FIXTURES
+    from saetransfer.registry import load_registry
 
-    draft = tomllib.loads((FIXTURES / "hub-axes-draft.toml").read_text())
-    checked = 0
-    for pair in draft["pair"]:
-        entries = [pair, *pair.get("axes", [])] if "hook" in pair else pair["axes"]
-        for entry in entries:
-            check_hook_kind(entry["hook"])
-            for role in ("sae", "native_sae"):
-                if role not in entry:
-                    continue
-                release, sae_id = entry[role]["release"], entry[role]["id"]
-                release_location(release, sae_id)  # raises for an unknown release or id
-                known = release_hook(release, sae_id) or (sae_id if sae_id.startswith("blocks.") else None)
-                assert known == entry["hook"], (pair["id"], role, sae_id)
-                checked += 1
-    assert checked == 2 * 4 + (2 + 3) + 2 * 4
+    checked = set()
+    for pair in load_registry():
+        check_hook_kind(pair.hook)
+        for sae in (pair.sae, pair.native_sae):
+            if sae is None or sae.release is None:
+                continue
+            release_location(sae.release, sae.sae_id)  # raises for an unknown release or id
+            known = release_hook(sae.release, sae.sae_id) or (sae.sae_id if sae.sae_id.startswith("blocks.") else None)
+            assert known == pair.hook, (pair.test_id, sae.describe())
+            checked.add((sae.release, sae.sae_id))
+    assert {("gemma-scope-2-270m-it-res", f"layer_{n}_width_16k_l0_medium") for n in (5, 9, 12, 15)} <= checked
+    assert ("gemma-2b-it-res-jb", "blocks.12.hook_resid_post") in checked
 
 
 @pytest.mark.slow
