@@ -12,6 +12,7 @@ Sections:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -81,7 +82,11 @@ def result(pair: Any, run_config: dict[str, Any], pytestconfig: pytest.Config) -
             if reason is not None:
                 write_skip(records_dir(pytestconfig), pair, reason)
                 pytest.skip(reason)
-            _RESULTS[pair.test_id] = run(pair, config, refresh=pytestconfig.getoption("--refresh"))
+            # with -v, the pass's progress bar (an ETA per pair and dataset) reaches the terminal past capture
+            capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+            shown = capture.global_and_fixture_disabled() if config.progress and capture else contextlib.nullcontext()
+            with shown:
+                _RESULTS[pair.test_id] = run(pair, config, refresh=pytestconfig.getoption("--refresh"))
         except Exception as err:  # remembered, so the pair's other findings fail fast with the same error
             _RESULTS[pair.test_id] = err
             if not isinstance(err, LoadingError):

@@ -108,3 +108,35 @@ def test_the_zoo_runs_both_distributions_and_the_code_pair_both_directions() -> 
     assert {p.dataset.key for p in zoo} == {"prose", "code"}
     code = [p for p in zoo if p.id == "tiny-gpt2__code"]
     assert {p.direction for p in code} == {"forward", "reverse"}
+
+
+def test_a_native_sae_trained_at_another_hook_than_its_axis_is_refused_before_loading(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from saetransfer.config import RunConfig
+    from saetransfer.loading import SaeMismatchError, preflight
+    from saetransfer.paths import FIXTURES
+
+    zoo = FIXTURES / "zoo"
+    moved = shutil.copytree(zoo / "saes" / "code-relu", tmp_path / "code-relu-l1")  # says it was trained at L1
+    cfg = json.loads((moved / "cfg.json").read_text())
+    cfg["metadata"]["hook_name"] = "blocks.1.hook_resid_pre"
+    (moved / "cfg.json").write_text(json.dumps(cfg))
+    text = f"""
+[[pair]]
+id = "tiny__axis"
+base = {{ path = "{zoo}/models/base" }}
+finetune = {{ path = "{zoo}/models/code" }}
+sae = {{ name = "relu", path = "{zoo}/saes/base-relu" }}
+hook = "blocks.2.hook_resid_pre"
+dataset = {{ path = "{zoo}/data/prose-eval.parquet", column = "input_ids" }}
+
+[[pair.axes]]
+sae = {{ name = "relu-again", path = "{zoo}/saes/base-relu" }}
+native_sae = {{ name = "code-l1", path = "{moved}" }}
+hook = "blocks.2.hook_resid_pre"
+"""
+    axis = next(p for p in evaluations(tmp_path, text) if p.axis == 1 and p.direction == "forward")
+    with pytest.raises(SaeMismatchError, match="native_sae.*trained at 'blocks.1.hook_resid_pre'"):
+        preflight(axis, RunConfig.for_pair(axis))
