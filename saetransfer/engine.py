@@ -504,18 +504,23 @@ class _Shared:
             self.encodings[key] = _encode(splice, self.acts[role][s][self.masks[s]["candidate"]])
         return self.encodings[key]
 
-    def spliced_final(self, role: str, s: int, splice: _Splice, at: Bool[Tensor, "b p"]) -> Tensor:
-        """The final residual with `splice`'s reconstruction at the `at` positions: one pass per (model, hook,
-        SAE, scale, positions)."""
-        for key, mask, final in self.finals[self._model_role(role)]:
+    def spliced_pass(self, role: str, s: int, splice: _Splice, at: Bool[Tensor, "b p"]) -> tuple[str, int]:
+        """The key of the pass with `splice`'s reconstruction at the `at` positions: one pass per (model,
+        hook, SAE, scale, positions), run on first use."""
+        model_role = self._model_role(role)
+        for index, (key, mask, _) in enumerate(self.finals[model_role]):
             if key == (s, splice.key) and torch.equal(mask, at):
-                return final
+                return model_role, index
         model = self.models[role].model
         x = self.acts[role][s].clone()
         x[at] = self.encoded(role, s, splice).x_hat[at[self.masks[s]["candidate"]]].to(x.dtype)
         final = model(x, start_at_layer=s, stop_at_layer=model.cfg.n_layers)
-        self.finals[self._model_role(role)].append(((s, splice.key), at, final))
-        return final
+        self.finals[model_role].append(((s, splice.key), at, final))
+        return model_role, len(self.finals[model_role]) - 1
+
+    def passes(self) -> dict[tuple[str, int], tuple[int, Tensor]]:
+        """Every pass run: key -> (its hook's start layer, its final residual)."""
+        return {(r, i): (key[0], final) for r, runs in self.finals.items() for i, (key, _, final) in enumerate(runs)}
 
 
 def _batch_step(members: Sequence[_Member], models: dict[str, Any], acts: dict[str, dict[int, Tensor]],
@@ -560,34 +565,32 @@ def _batch_step(members: Sequence[_Member], models: dict[str, Any], acts: dict[s
     deepest = max(masks)
     clean_final = {r: models[r].model(acts[r][deepest], start_at_layer=deepest, stop_at_layer=n_layers[r])[union]
                    for r in (("base",) if same_model else models)}
-    per_member_finals = []
-    for m, _, _, at in plans:
-        per_member_finals.append({role: {sp.name: work.spliced_final(role, m.start, sp, at)[union] for sp in side.splices}
-                                  for role, side in m.sides.items()})
-    terms: list[dict[str, dict[str, list[Tensor]]]] = [{role: {sp.name: [] for sp in m.sides[role].splices}
-                                                        for role in m.sides} for m, *_ in plans]
+    # each distinct spliced pass once; an evaluation names the passes it reads
+    uses = [{role: {sp.name: work.spliced_pass(role, m.start, sp, at) for sp in side.splices}
+             for role, side in m.sides.items()} for m, _, _, at in plans]
     model_roles = ("base",) if same_model else ("base", "finetune")
     first = min(masks)
     ablated_lp = {(r, s): metrics.token_log_probs(ablated[r, s].unsqueeze(0), keep_vocab)[0].squeeze(0)
                   for r in models for s in masks}
     chunk = max(1, LOGIT_CHUNK_ELEMENTS // max(models[r].model.cfg.d_vocab_out for r in models))
+    finals = {key: (s, final[union]) for key, (s, final) in work.passes().items()}  # at the positions scored
+    pass_terms: dict[tuple[str, int], list[Tensor]] = {key: [] for key in finals}
     for lo in range(0, int(union.sum()), chunk):
         sl = slice(lo, lo + chunk)
         cleans = {r: metrics.CleanDistribution.from_logits(_final_logits(models[r].model, clean_final[r][sl]),
                                                            ablated[r, first], keep_vocab) for r in model_roles}
-        for i, (m, *_rest) in enumerate(plans):
-            for role in m.sides:
-                clean = cleans["base" if same_model else role]
-                if m.start != first:  # the zero-ablation baseline is the hook's own
-                    clean = dataclasses.replace(clean, ablated_log_probs=ablated_lp[role, m.start])
-                for name, final in per_member_finals[i][role].items():
-                    terms[i][role][name].append(metrics.downstream_terms(
-                        clean, _final_logits(models[role].model, final[sl]), targets[sl], keep_vocab))
-    width = len(metrics.DOWNSTREAM_COLUMNS)
+        for (model_role, index), (s, final) in finals.items():
+            clean = cleans[model_role]
+            if s != first:  # the zero-ablation baseline is the hook's own
+                clean = dataclasses.replace(clean, ablated_log_probs=ablated_lp[model_role, s])
+            pass_terms[model_role, index].append(metrics.downstream_terms(
+                clean, _final_logits(models[model_role].model, final[sl]), targets[sl], keep_vocab))
+    empty = torch.zeros(0, len(metrics.DOWNSTREAM_COLUMNS), dtype=torch.float64, device=union.device)
+    joined = {key: torch.cat(t) if t else empty for key, t in pass_terms.items()}
+    terms = [{role: {name: joined[key] for name, key in by.items()} for role, by in use.items()} for use in uses]
     for i, (m, active, sae_ok, spliced_at) in enumerate(plans):
         at = spliced_at[union]
-        stacked = {role: {name: (torch.cat(t) if t else torch.zeros(0, width, dtype=torch.float64, device=at.device))[at]
-                          for name, t in by.items()} for role, by in terms[i].items()}
+        stacked = {role: {name: t[at] for name, t in by.items()} for role, by in terms[i].items()}
         logits_ok = {}
         for role, by in stacked.items():
             ok = torch.ones(int(spliced_at.sum()), dtype=torch.bool, device=spliced_at.device)
