@@ -21,12 +21,15 @@ import pandas as pd
 import pytest
 
 from saetransfer.paths import REPO_ROOT
-from saetransfer.registry import load_registry, registry_files
+from saetransfer.registry import expand, load_registry, registry_files
 from saetransfer.report import render_report, verdict_rules, verdict_table
-from saetransfer.report.fmt import md_code, num
-from saetransfer.report.headline import HEADLINE_COLUMNS
+from saetransfer.report.fmt import md_code, num, plus_minus
+from saetransfer.report.headline import HEADLINE_COLUMNS, HEADLINE_METRICS
+from saetransfer.report.layer_plot import layer_groups
+from saetransfer.report.records import load_entries, parse_record
+from saetransfer.report.records import write_skip as commit_skip
 from saetransfer.report.records import write_record as commit_record
-from saetransfer.results import PairResult, TokenContext
+from saetransfer.results import Comparisons, Estimate, PairResult, TokenContext
 
 DATA = Path(__file__).parent / "data" / "results"
 CODE = "tiny-gpt2__code-tiny-res-relu-blocks.2.hook_resid_pre"
@@ -51,24 +54,27 @@ def hostile(result: PairResult) -> PairResult:
 
 
 def write_record(records: Path, result: PairResult, expected: str | None, outcomes: dict | None = None,
-                 claims: list | None = None) -> Path:
+                 claims: list | None = None, evaluation: dict | None = None) -> Path:
     """The on-disk format of `saetransfer.report.records.write_record` (+ merge_outcomes)."""
     data = json.loads(result.to_json())
     data["expected"] = {"verdict": expected, "source": "test", "extrapolated": False} if expected else None
     data["outcomes"] = outcomes or {}
     if claims is not None:
         data["claims"] = claims
+    if evaluation is not None:
+        data["evaluation"] = evaluation
     path = records / f"{result.provenance.test_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=True))
     return path
 
 
-def write_skip(records: Path, test_id: str, pair_id: str, reason: str) -> Path:
+def write_skip(records: Path, test_id: str, pair_id: str, reason: str, **extra: object) -> Path:
     path = records / "skipped" / f"{test_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"test_id": test_id, "pair_id": pair_id, "reason": reason,
-                                "expected": {"verdict": "fails", "source": "the post", "extrapolated": False}}))
+    expected = {"verdict": "fails", "source": "the post", "extrapolated": False} if not extra else None
+    path.write_text(json.dumps({"test_id": test_id, "pair_id": pair_id, "reason": reason, "expected": expected,
+                                **extra}))
     return path
 
 
@@ -398,3 +404,264 @@ def test_verdict_rules_are_documented() -> None:
 def test_empty_records_dir(tmp_path: Path) -> None:
     files = render_report(tmp_path / "missing", tmp_path / "out")
     assert summary_rows(files.readme.read_text(encoding="utf-8")) == [] and files.plots == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Axes: a registry entry's evaluations per dataset, direction, SAE and hook (synthetic variants of the
+# zoo results: provenance says what was evaluated, the record's `evaluation` key where it sits).
+
+TRAINED_ON = "zoo prose (train split)"
+
+
+def _scaled(comparisons: Comparisons, factor: float) -> Comparisons:
+    def scale(e: Estimate | None) -> Estimate | None:
+        return None if e is None else Estimate(e.value * factor, e.low * factor, e.high * factor)
+
+    return Comparisons(**{f.name: scale(getattr(comparisons, f.name)) for f in dataclasses.fields(Comparisons)})
+
+
+def evaluation(result: PairResult, *, sae: str = "tiny-res-relu", layer: int = 2, direction: str = "forward",
+               dataset: str = "prose", architecture: str = "standard", trained_on: str = TRAINED_ON,
+               factor: float = 1.0, axis: int = 0, primary: bool = False) -> tuple[PairResult, dict]:
+    """`result` as another evaluation of its entry, with its comparisons scaled by `factor`."""
+    prov, hook = result.provenance, f"blocks.{layer}.hook_resid_pre"
+    dataset_index = 0 if dataset == "prose" else 1
+    test_id = f"{prov.pair_id}-{sae}-{hook}{'' if dataset_index == 0 else '-' + dataset}"
+    provenance = dataclasses.replace(prov, test_id=test_id, hook=hook, direction=direction, dataset_name=dataset,
+                                     sae_architecture=architecture, sae_trained_on=trained_on)
+    return (dataclasses.replace(result, provenance=provenance, comparisons=_scaled(result.comparisons, factor)),
+            {"primary": primary, "axis": axis, "dataset_index": dataset_index, "sae_name": sae,
+             "direction": direction, "dataset": dataset})
+
+
+def write_evaluation(records: Path, result: PairResult, expected: str | None = None, claims: list | None = None,
+                     **kwargs: object) -> str:
+    varied, where = evaluation(result, **kwargs)
+    write_record(records, varied, expected, claims=claims, evaluation=where)
+    return varied.provenance.test_id
+
+
+CODE_REV = "tiny-gpt2__code-tiny-code-res-relu-blocks.2.hook_resid_pre"
+CODE_TOPK = "tiny-gpt2__code-tiny-res-topk-blocks.2.hook_resid_pre"
+CODE_JUMP = "tiny-gpt2__code-tiny-res-jumprelu-blocks.2.hook_resid_pre"
+NATIVE = "zoo prose (train split), on the code model"
+HOLDS_CLAIM = {"claim": "bos-cosine-at-least-mean", "section": "post §3", "holds": True, "message": "0.99 >= 0.98"}
+FAILS_CLAIM = {"claim": "bos-cosine-at-least-mean", "section": "post §3", "holds": False, "message": "0.5 < 0.98"}
+
+
+def fill_axes(records: Path) -> Path:
+    """`fill`, plus further evaluations: tiny-gpt2__code in both directions, on two datasets, at three layers
+    and with two more SAEs (one not run); tiny-gpt2__math on a second dataset and with a TopK SAE."""
+    fill(records)
+    code, math_ = hostile(zoo_result("code")), zoo_result("math")
+    write_evaluation(records, code, "fails", primary=True, claims=[HOLDS_CLAIM])
+    native = {"sae": "tiny-code-res-relu", "direction": "reverse", "trained_on": NATIVE}
+    write_evaluation(records, code, factor=1.1, claims=[FAILS_CLAIM], **native)
+    write_evaluation(records, code, dataset="code", factor=0.8)
+    write_evaluation(records, code, dataset="code", factor=1.2, **native)
+    write_evaluation(records, code, sae="tiny-res-relu-l1", layer=1, axis=1, factor=0.9)
+    write_evaluation(records, code, sae="tiny-res-relu-l3", layer=3, axis=2, factor=0.7)
+    write_evaluation(records, code, layer=3, axis=2, factor=1.3, **{**native, "sae": "tiny-code-res-relu-l3"})
+    transfers = dataclasses.replace(code, verdict=math_.verdict,
+                                    norm_matching=dataclasses.replace(code.norm_matching, verdict=math_.verdict))
+    write_evaluation(records, transfers, sae="tiny-res-topk", architecture="topk", axis=3, factor=1.05)
+    write_skip(records, CODE_JUMP, "tiny-gpt2__code", "offline: not in HF cache",
+               evaluation={"primary": False, "axis": 4, "dataset_index": 0, "sae_name": "tiny-res-jumprelu",
+                           "direction": "forward", "dataset": "prose"}, hook="blocks.2.hook_resid_pre")
+    write_evaluation(records, math_, "transfers", primary=True)
+    write_evaluation(records, math_, dataset="code", factor=0.95)
+    write_evaluation(records, math_, sae="tiny-res-topk", architecture="topk", axis=1)
+    return records
+
+
+@pytest.fixture(scope="module")
+def axes_rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    root = tmp_path_factory.mktemp("axes")
+    return root, render_report(fill_axes(root / "records"), root / "out")
+
+
+class _Tables(HTMLParser):
+    """Every table of a page as (class, rows of cell texts), plus each cell's hrefs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables, self.cell, self.hrefs = [], None, []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        attrs = dict(attrs)
+        if tag == "table":
+            self.tables.append((attrs.get("class"), []))
+        elif tag == "tr" and self.tables:
+            self.tables[-1][1].append([])
+        elif tag in ("td", "th"):
+            self.cell, self.hrefs = "", []
+        elif tag == "a" and self.cell is not None:
+            self.hrefs.append(attrs.get("href"))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.cell is not None:
+            self.tables[-1][1][-1].append((self.cell, tuple(self.hrefs)))
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell += data
+
+
+def tables(html: str, css: str | None = None) -> list[list[list[tuple[str, tuple]]]]:
+    parser = _Tables()
+    parser.feed(html)
+    return [rows for cls, rows in parser.tables if css is None or cls == css]
+
+
+def test_headline_has_one_row_per_entry_and_counts_the_rest(axes_rendered) -> None:
+    _, files = axes_rendered
+    html, readme = files.html.read_text(encoding="utf-8"), files.readme.read_text(encoding="utf-8")
+    _, rows = headline(html)
+    assert [r[0]["text"] for r in rows] == ["tiny-gpt2__code", "tiny-gpt2__math", "tiny-gpt2__retok",
+                                            "gemma-2b__python-codes"], "primaries only"
+    assert len(summary_rows(readme)) == 4
+    head = readme.split("## Which pairs transfer", 1)[1].split("\n## ", 1)[0]
+    assert ("- `tiny-gpt2__code`: 8 further evaluations (1 transfers, 6 fails, 1 not run), side by side in "
+            "[its across-axes table](#axes-tiny-gpt2__code).") in head
+    assert "- `tiny-gpt2__math`: 2 further evaluations (2 transfers)" in head
+    assert "tiny-gpt2__retok`:" not in head, "a pair with one evaluation needs no line"
+
+
+def test_across_axes_table_puts_a_pairs_evaluations_side_by_side(axes_rendered) -> None:
+    _, files = axes_rendered
+    html = files.html.read_text(encoding="utf-8")
+    code, math_ = tables(html, "axes")
+    header, *rows = code
+    assert [c for c, _ in header][:6] == ["evaluated on", "direction", "SAE", "hook", "SAE trained on", "verdict"]
+    assert [c for c, _ in header][6:] == [label for _, label in HEADLINE_METRICS]
+    text = [[c for c, _ in r] for r in rows]
+    assert [r[0] for r in text] == ["prose (primary)", *["prose"] * 6, "code", "code"], "the primary first"
+    assert [r[1] for r in text] == ["base → finetune", "finetune → base", "base → finetune", "base → finetune",
+                                    "finetune → base", "base → finetune", "base → finetune", "base → finetune",
+                                    "finetune → base"], "each SAE's two directions beside each other"
+    assert [r[3] for r in text][:5] == ["blocks.2.hook_resid_pre"] * 2 + ["blocks.1.hook_resid_pre"] + \
+        ["blocks.3.hook_resid_pre"] * 2
+    assert text[1][2] == "tiny-code-res-relu (standard)" and text[1][4] == NATIVE and text[0][4] == TRAINED_ON
+    assert text[5][2] == "tiny-res-topk (topk)" and text[5][5] == "transfers"
+    assert text[6][2] == "tiny-res-jumprelu" and text[6][5] == "not run" and text[6][6] == "—"
+    reverse = _scaled(zoo_result("code").comparisons, 1.1)
+    assert text[1][6] == plus_minus(reverse.ev_ratio) and text[1][11] == plus_minus(reverse.cosine)
+    assert rows[1][0][1] == (f"#pair-{CODE_REV.lower()}",), "each row links to its evaluation's section"
+    assert len(math_) == 4
+    readme = files.readme.read_text(encoding="utf-8")
+    assert (f"| [prose (primary)](#pair-{CODE.lower()}) | base → finetune | tiny-res-relu (standard) | "
+            f"`blocks.2.hook_resid_pre` | zoo prose (train split) | **fails** |") in readme
+
+
+def test_verdict_by_sae_matrix(axes_rendered) -> None:
+    _, files = axes_rendered
+    readme = files.readme.read_text(encoding="utf-8")
+    section = readme.split("### Verdict by SAE", 1)[1].split("\n### ", 1)[0]
+    assert "| pair | tiny-res-relu (standard) | tiny-res-topk (topk) | tiny-res-jumprelu |" in section
+    assert "| [`tiny-gpt2__code`](#axes-tiny-gpt2__code) | **fails** | **transfers** | **not run** |" in section
+    assert "| [`tiny-gpt2__math`](#axes-tiny-gpt2__math) | **transfers** | **transfers** | — |" in section
+    assert "tiny-code-res-relu" not in section and "blocks.1" not in section, "primary hook, forward only"
+
+
+def test_layer_plot_has_a_line_per_group_with_two_layers(axes_rendered) -> None:
+    root, files = axes_rendered
+    entries, _ = load_entries(root / "records")
+    code = [e for e in entries if e.pair_id == "tiny-gpt2__code"]
+    groups = layer_groups(code)
+    assert {g: [layer for layer, _ in members] for g, members in groups.items()} == {
+        ("forward", "prose", "standard"): [1, 2, 3], ("reverse", "prose", "standard"): [2, 3]}
+    assert layer_groups([e for e in entries if e.pair_id == "tiny-gpt2__math"]) == {}, "one layer: no plot"
+    plot = files.readme.parent / "plots" / "tiny-gpt2__code" / "across_layers.png"
+    assert plot in files.plots and plot.read_bytes().startswith(PNG_MAGIC)
+    assert not (files.readme.parent / "plots" / "tiny-gpt2__math").exists()
+    readme = files.readme.read_text(encoding="utf-8")
+    axes = readme.split("### tiny-gpt2__code", 1)[1].split("\n### ", 1)[0]
+    assert "](plots/tiny-gpt2__code/across_layers.png)" in axes
+
+
+def test_layer_plot_is_cached_and_redrawn_on_change(tmp_path: Path, axes_rendered,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _ = axes_rendered
+    shutil.copytree(root / "records", tmp_path / "records")
+    shutil.copytree(root / "out", tmp_path / "out")
+    before = all_files(tmp_path / "out")
+
+    def no_redraw(*_: object) -> None:
+        raise AssertionError("an unchanged pair was redrawn")
+
+    monkeypatch.setattr("saetransfer.report.render.pair_plots", no_redraw)
+    monkeypatch.setattr("saetransfer.report.layer_plot.layer_plot", no_redraw)
+    render_report(tmp_path / "records", tmp_path / "out")
+    assert all_files(tmp_path / "out") == before
+    monkeypatch.undo()
+    monkeypatch.setattr("saetransfer.report.render.pair_plots", no_redraw)  # only the layer plot may change
+    (tmp_path / "records" / "tiny-gpt2__code-tiny-res-relu-l1-blocks.1.hook_resid_pre.json").unlink()
+    files = render_report(tmp_path / "records", tmp_path / "out")
+    after = all_files(tmp_path / "out")
+    name = "plots/tiny-gpt2__code/across_layers.png"
+    assert after[name] != before[name] and files.warnings == ()
+
+
+def test_further_evaluations_are_compact(axes_rendered) -> None:
+    _, files = axes_rendered
+    readme = files.readme.read_text(encoding="utf-8")
+    assert readme.index("## Across axes") < readme.index("## How to read") < readme.index("## Pairs") < \
+        readme.index("## Further evaluations")
+    further = readme.split("## Further evaluations", 1)[1]
+    section = further.split(f"### {CODE_REV}", 1)[1].split("\n### ", 1)[0]
+    assert "finetune → base · evaluated on prose (SAE trained on zoo prose (train split), on the code model)" in section
+    assert "Verdict: **fails**" in section and "| `n_kept` |" in section, "verdict and masking"
+    assert "as is: value \\[95 % interval\\]" in section, "the comparisons with their intervals"
+    assert "#### " not in further and "![" not in further, "no measurement tables, no plots"
+    per_evaluation = {p.parent.name for p in files.plots if p.name in PAIR_PLOTS}
+    assert per_evaluation == {CODE.lower(), MATH.lower()}, "plots for primary evaluations only"
+    assert f"### {CODE_JUMP}" in further and "offline: not in HF cache" in further
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)
+    assert len(images) == len(files.plots) and all((files.readme.parent / i).is_file() for i in images)
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', readme))
+    assert set(re.findall(r"\]\(#([^)]+)\)", readme)) <= anchors
+
+
+def test_claims_matrix_keeps_primaries(axes_rendered) -> None:
+    _, files = axes_rendered
+    readme = files.readme.read_text(encoding="utf-8")
+    claims = readme.split("## The post's claims, pair by pair", 1)[1].split("\n## ", 1)[0]
+    header = next(line for line in claims.splitlines() if line.startswith("| claim |"))
+    assert header == "| claim | section | tiny-gpt2__code | tiny-gpt2__math | tiny-gpt2__retok |"
+    assert "0.5 < 0.98" not in claims.split("The matrix shows", 1)[0], "a further evaluation's failing claim"
+    assert f"some do not hold on: [`{CODE_REV}`](#pair-{CODE_REV.lower()})." in claims
+
+
+def test_csv_says_which_evaluation_each_row_is(axes_rendered) -> None:
+    _, files = axes_rendered
+    frame = pd.read_csv(files.csv).set_index("test_id")
+    for column in ("direction", "dataset", "layer", "sae_architecture", "sae_trained_on", "primary", "sae_name"):
+        assert column in frame.columns, column
+    assert len(frame) == 14 and frame["primary"].sum() == 4
+    assert frame.loc[CODE, ["primary", "direction", "dataset", "layer", "sae_architecture"]].tolist() == \
+        [True, "forward", "prose", 2, "standard"]
+    assert frame.loc[CODE_REV, ["primary", "direction", "sae_name", "sae_trained_on"]].tolist() == \
+        [False, "reverse", "tiny-code-res-relu", NATIVE]
+    assert frame.loc[CODE_TOPK, "sae_architecture"] == "topk" and frame.loc[CODE_JUMP, "status"] == "not run"
+
+
+def test_records_say_which_evaluation_they_are(tmp_path: Path) -> None:
+    entry = next(p for p in load_registry(registry_files(())) if p.id == "tiny-gpt2__code")
+    forward, reverse = (p for p in expand(entry) if p.dataset_index == 0)
+    assert forward.primary and reverse.direction == "reverse"
+    result, _ = evaluation(zoo_result("code"), sae=reverse.sae.name, direction="reverse")
+    commit_record(tmp_path, reverse, result)
+    commit_record(tmp_path, forward, zoo_result("code"))
+    commit_skip(tmp_path, next(p for p in expand(entry) if p.dataset_index == 1), "offline")
+    entries = {e.test_id: e for e in load_entries(tmp_path)[0]}
+    assert (entries[forward.test_id].primary, entries[reverse.test_id].primary) == (True, False)
+    assert entries[reverse.test_id].direction == "reverse" and entries[reverse.test_id].sae_name == reverse.sae.name
+    skipped = entries[f"{forward.test_id}-code"]
+    assert (skipped.primary, skipped.dataset, skipped.dataset_index, skipped.sae_name) == (False, "code", 1,
+                                                                                           "tiny-res-relu")
+    old = parse_record(json.loads(zoo_result("math").to_json()), "x")  # a record written before axes
+    assert old.primary and old.sae_name == "tiny-res-relu" and old.layer == 2 and old.direction == "forward"
+    data = {**json.loads(zoo_result("math").to_json()), "evaluation": {"primary": "yes"}}
+    with pytest.raises(TypeError, match="evaluation.primary"):
+        parse_record(data, "x")

@@ -1,4 +1,5 @@
-"""The report's HTML page in a real browser: at 1400 px nothing is wider than the window.
+"""The report's HTML page in a real browser: at 1400 px nothing is wider than the window (the headline and the
+across-axes tables included: the page has a pair with nine evaluations side by side).
 
 Needs headless Chromium (`apt-get install chromium`); skipped with the reason otherwise. The
 browser-free structure of the same page is checked in test_report.py (runs everywhere).
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from saetransfer.report import render_report
-from test_report import fill
+from test_report import fill_axes
 
 WINDOW = (1400, 900)
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
@@ -33,7 +34,7 @@ def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("browser")
-    return render_report(fill(root / "records"), root / "out").html
+    return render_report(fill_axes(root / "records"), root / "out").html
 
 
 def test_page_is_not_wider_than_a_1400px_window(page: Path) -> None:

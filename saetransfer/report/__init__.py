@@ -5,9 +5,11 @@
     print(verdict_table(paths.RECORDS))                    # for pytest's terminal summary
 
 Modules: `records` (reading and writing records and skip notes), `stable` (what a record commits, so
-runs elsewhere do not churn it), `summary` (one row of numbers per pair: the CSV), `headline` (the
-table that answers, the claims hook), `pair_section` (one section per pair), `tables` (dataclass
-fields as tables), `sections` (the whole document), `plots` and `cross_pair` (matplotlib figures),
+runs elsewhere do not churn it), `summary` (one row of numbers per evaluation: the CSV), `headline`
+(the table that answers, one row per registry entry's primary evaluation; the claims hook), `axes` (an
+entry's evaluations side by side, verdict by SAE), `pair_section` (one section per evaluation, compact
+for the non-primary ones), `tables` (dataclass fields as tables), `sections` (the whole document),
+`plots`, `cross_pair` and `layer_plot` (matplotlib figures),
 `doc` (Markdown/HTML rendering), `fmt` (stable number formatting, escaping, verdict colours),
 `render` (writing the files).
 """

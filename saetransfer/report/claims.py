@@ -1,7 +1,7 @@
 """The post's claims against the pairs: a claims x pairs matrix, and one pair's claims with their messages.
 
-    blocks = claims_matrix(entries)      # after the headline table
-    blocks = pair_claims(entry)          # in a pair's own section
+    blocks = claims_matrix(entries)      # after the headline table: primary evaluations only
+    blocks = pair_claims(entry)          # in a pair's own section (every evaluation)
 
 Cells read from the outcomes recorded in each pair's record (`Entry.claims`), never recomputed here.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from saetransfer.claims import CLAIMS_BY_ID, ClaimOutcome
-from saetransfer.report.doc import Block, Bullets, Heading, Para, Table
+from saetransfer.report.doc import Block, Bullets, Heading, Para, Span, Table
+from saetransfer.report.headline import anchor
 from saetransfer.report.records import Entry
 
 HOLDS = "holds"
@@ -42,8 +43,9 @@ def _column_names(entries: Sequence[Entry]) -> list[str]:
 
 
 def claims_matrix(entries: Sequence[Entry]) -> list[Block]:
-    """Rows = claims, columns = evaluated pairs; every claim that does not hold listed with its message."""
-    evaluated = [e for e in entries if e.result is not None]
+    """Rows = claims, columns = evaluated pairs (primary evaluations); every claim that does not hold listed
+    with its message. The further evaluations' claims are counted below, each in its own section."""
+    evaluated = [e for e in entries if e.result is not None and e.primary]
     if not evaluated:
         return []
     by_entry = [{o.claim: o for o in e.claims} for e in evaluated]
@@ -67,10 +69,28 @@ def claims_matrix(entries: Sequence[Entry]) -> list[Block]:
                for o in outcomes.values() if o.holds is False]
     if failing:
         blocks.append(Bullets(tuple(failing)))
-    not_run = [e.pair_id for e in entries if e.result is None]
+    not_run = [e.pair_id for e in entries if e.result is None and e.primary]
     if not_run:
         blocks.append(Para(f"Not evaluated here (no record): {', '.join(not_run)}."))
+    blocks.extend(_further(entries))
     return blocks
+
+
+def _further(entries: Sequence[Entry]) -> list[Block]:
+    """One line on the claims of the evaluations the matrix leaves out (another dataset, direction, SAE or hook)."""
+    further = [e for e in entries if not e.primary and e.claims]
+    if not further:
+        return []
+    failing = [e for e in further if any(o.holds is False for o in e.claims)]
+    text = (f"The matrix shows each pair's primary evaluation. Claims were also decided on {len(further)} further "
+            f"evaluation{'s' if len(further) != 1 else ''} (each listed in its own section under Further "
+            "evaluations); ")
+    if not failing:
+        return [Para(text + "every one holds or does not apply there.")]
+    links: list[str | Span] = []
+    for e in failing:
+        links += [", " if links else "", Span(e.test_id, href=f"#{anchor(e)}", code=True)]
+    return [Para((text + "some do not hold on: ", *links, "."))]
 
 
 def pair_claims(entry: Entry) -> list[Block]:

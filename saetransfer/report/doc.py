@@ -159,6 +159,12 @@ table.headline th, table.headline td { overflow-wrap: break-word; }
 table.headline th:nth-child(1) { width: 13%; } table.headline th:nth-child(2) { width: 10%; }
 table.headline th:nth-child(3) { width: 24%; } table.headline th:last-child { width: 10%; }
 table.headline td:nth-child(n+4) { font-variant-numeric: tabular-nums; }
+table.axes { width: 100%; table-layout: fixed; font-size: 0.8em; }
+table.axes th, table.axes td { overflow-wrap: break-word; }
+table.axes th:nth-child(1) { width: 8%; } table.axes th:nth-child(2) { width: 7%; }
+table.axes th:nth-child(3) { width: 10%; } table.axes th:nth-child(4) { width: 10%; }
+table.axes th:nth-child(5) { width: 10%; } table.axes th:nth-child(6) { width: 8%; }
+table.axes td:nth-child(n+7) { font-variant-numeric: tabular-nums; }
 span[class^="v-"] { font-weight: 600; }
 """ + "".join(f"span.{verdict_class(v)} {{ color: {c}; }}\n" for v, c in VERDICT_COLOURS.items()) + """
 th { background: #f6f8fa; }

@@ -11,6 +11,7 @@ import math
 import re
 from typing import Any
 
+from saetransfer.registry import DIRECTION_LABELS
 from saetransfer.results import Estimate
 from saetransfer.rounding import SIGNIFICANT_DIGITS
 
@@ -53,6 +54,11 @@ def pct(value: float | None) -> str:
 def arrow(a: Any, b: Any) -> str:
     """'base → finetune'; one missing side keeps its place so the direction stays readable."""
     return MISSING if a is None and b is None else f"{num(a)} → {num(b)}"
+
+
+def direction(name: str) -> str:
+    """'base → finetune' (forward) or 'finetune → base' (reverse): `registry.DIRECTION_LABELS`' words."""
+    return DIRECTION_LABELS.get(name, name).replace("->", "→")
 
 
 def plus_minus(e: Estimate | None) -> str:

@@ -1,7 +1,9 @@
 """The report's first screen: which pairs transfer (verdict beside the pair, then why), and the claims.
 
-The table is bounded to `HEADLINE_COLUMNS` so it fits a 1400 px window; every number is the
-`Comparisons` estimate the verdict compared with a threshold, as value ± half its interval's width.
+One row per registry entry: its primary evaluation (`Entry.primary`), so the answer stays one screen
+however many axes a pair has (`axes` shows the others). The table is bounded to `HEADLINE_COLUMNS` so
+it fits a 1400 px window; every number is the `Comparisons` estimate the verdict compared with a
+threshold, as value ± half its interval's width.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ def anchor(entry: Entry) -> str:
 def ran_first(entries: list[Entry]) -> list[Entry]:
     """Evaluated pairs first, then the ones that did not run; each group in test-id order."""
     return sorted(entries, key=lambda e: (e.result is None, e.test_id))
+
+
+def primaries(entries: list[Entry]) -> list[Entry]:
+    """Each registry entry's primary evaluation, evaluated ones first (`ran_first`)."""
+    return [e for e in ran_first(entries) if e.primary]
 
 
 def verdict_cell(entry: Entry) -> Inline:
@@ -66,12 +73,13 @@ def _metric_cells(comparisons: Comparisons | None) -> tuple[str, ...]:
 def headline_table(entries: list[Entry]) -> Table:
     rows = tuple((Span(e.pair_id, href=f"#{anchor(e)}", code=True), verdict_cell(e), why_text(e),
                   *_metric_cells(None if e.result is None else e.result.comparisons), expected_text(e))
-                 for e in ran_first(entries))
+                 for e in primaries(entries))
     return Table(HEADLINE_HEADERS, rows, css="headline")
 
 
 def claims_blocks(entries: list[Entry]) -> list[Block]:
-    """The claims x pairs matrix (`report.claims`); nothing when no record carries claims."""
+    """The claims x pairs matrix (`report.claims`, primary evaluations; the others' claims are in their own
+    sections); nothing when no record carries claims."""
     from saetransfer.report.claims import claims_matrix
 
     return claims_matrix(ran_first(entries)) if any(e.claims for e in entries) else []

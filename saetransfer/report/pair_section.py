@@ -1,9 +1,12 @@
-"""One section per pair: the verdict and its evidence with full intervals, then every measurement."""
+"""One section per evaluation: for a primary, the verdict and its evidence with full intervals, then every
+measurement with its plots (`pair_section`); for the others, the verdict, its evidence and the masking
+(`compact_section`: the record keeps the rest, and the report stays small and quick to render)."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from saetransfer.report.axes import axes_anchor, evaluation_parts
 from saetransfer.report.claims import pair_claims
 from saetransfer.report.doc import Block, Bullets, Heading, Image, Para, Span, Table
 from saetransfer.report.fmt import MISSING, interval, num, percent
@@ -42,10 +45,7 @@ def _comparisons_table(primary: Comparisons, matched: Comparisons | None) -> Tab
 
 
 def verdict_blocks(entry: Entry) -> list[Block]:
-    where: tuple[str | Span, ...] = ()
-    if entry.sae or entry.hook:
-        where = (f" · SAE {entry.sae or MISSING} at ", Span(entry.hook or MISSING, code=True))
-    blocks: list[Block] = [Para(("Pair ", Span(entry.pair_id, code=True), *where))]
+    blocks: list[Block] = [Para(("Pair ", Span(entry.pair_id, code=True), *evaluation_parts(entry)))]
     r, source = entry.result, (entry.expected or {}).get("source")
     if r is not None:
         blocks.append(Para(("Verdict: ", *_parts(verdict_cell(entry)), f". Expected: {expected_text(entry)}"
@@ -163,3 +163,16 @@ def pair_section(entry: Entry, plots: Plots) -> list[Block]:
     """Everything about one test id; sections the record lacks (an incompatible pair) are left out."""
     blocks: list[Block] = [Heading(3, entry.test_id, anchor(entry)), *verdict_blocks(entry)]
     return blocks if entry.result is None else blocks + _measurements(entry.result, plots)
+
+
+def compact_section(entry: Entry) -> list[Block]:
+    """A further (non-primary) evaluation: verdict, reasons, graded lines, comparisons, norm matching,
+    outcomes, claims and masking; no plots and no measurement tables."""
+    blocks: list[Block] = [Heading(3, entry.test_id, anchor(entry)), *verdict_blocks(entry)]
+    r = entry.result
+    if r is not None and r.masking is not None:
+        blocks += _masking(r.masking)
+    blocks.append(Para(("Beside the pair's other evaluations: ",
+                        Span("across axes", href=f"#{axes_anchor(entry.pair_id)}"),
+                        ". Every other measurement is in the record.")))
+    return blocks

@@ -2,9 +2,10 @@
 
 Written by the findings (`write_record`, `write_skip`, `merge_outcomes`); read by the renderer.
 `<dir>/<test_id>.json` holds the pair's PairResult (in the stable form of `stable.committed_form`) plus
-`expected`, `outcomes` (finding name -> outcome and reason) and `claims` (one {"claim", "section",
-"holds", "message"} per claim of `saetransfer.claims`, `merge_claims`). `<dir>/skipped/<test_id>.json`
-says why a pair could not run here. A skip never hides a real record from an earlier run (a GPU run's
+`expected`, `outcomes` (finding name -> outcome and reason), `claims` (one {"claim", "section",
+"holds", "message"} per claim of `saetransfer.claims`, `merge_claims`) and `evaluation` (which of its
+registry entry's evaluations it is: `evaluation_of`). `<dir>/skipped/<test_id>.json` says why a pair
+could not run here. A skip never hides a real record from an earlier run (a GPU run's
 record stays when a CPU run skips the pair).
 
 The report is rendered from every record present, so a `-k` run adds or updates rows and never
@@ -27,7 +28,7 @@ from saetransfer.report.stable import committed_form
 from saetransfer.results import PairResult
 
 SKIPPED_DIR = "skipped"
-RUNNER_KEYS = ("expected", "outcomes", "claims")
+RUNNER_KEYS = ("expected", "outcomes", "claims", "evaluation")
 """Keys a record adds to the PairResult JSON (written by the findings, not by the engine)."""
 
 
@@ -48,6 +49,21 @@ class Entry:
     hook: str | None = None
     claims: tuple[ClaimOutcome, ...] = ()
     """The post's claims evaluated on this pair (`saetransfer.claims`), as the latest run recorded them."""
+    primary: bool = True
+    """The registry entry's own evaluation (`Pair.primary`: first axis, first dataset, base -> finetune): the
+    headline, the claims matrix and the cross-pair figure read only these. A record without the flag
+    (written before records said) is primary unless its provenance says reverse or its test id names a
+    later dataset; another axis cannot be told from the record alone."""
+    axis: int = 0
+    """`Pair.axis`: which (hook, SAE) entry of the registry entry (orders the across-axes rows)."""
+    dataset_index: int = 0
+    """`Pair.dataset_index`: which of the entry's datasets, in registry order."""
+    sae_name: str | None = None
+    """The evaluated SAE's registry slug (`SaeSource.name`); `sae` is where it was loaded from."""
+    direction: str = "forward"
+    """`forward`: the base SAE on the finetune; `reverse`: the finetune-native SAE on the base."""
+    dataset: str | None = None
+    """The evaluation distribution's name (`DatasetSource.key`)."""
 
     @property
     def verdict(self) -> str | None:
@@ -70,6 +86,26 @@ class Entry:
             return None
         compared = self.norm_matched_verdict if (self.expected or {}).get("norm_matched") else self.verdict
         return compared == self.expected_verdict
+
+    @property
+    def layer(self) -> int | None:
+        """Block index of the hook (`blocks.6.hook_resid_post` -> 6); None for a hook without one."""
+        parts = (self.hook or "").split(".")
+        return int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() else None
+
+    @property
+    def sae_architecture(self) -> str | None:
+        return None if self.result is None else self.result.provenance.sae_architecture
+
+    @property
+    def sae_trained_on(self) -> str | None:
+        return None if self.result is None else self.result.provenance.sae_trained_on
+
+    @property
+    def order(self) -> tuple[bool, int, int, bool, str]:
+        """Registry order within the entry: the primary, then by dataset, axis, forward before reverse (so
+        the two directions of one SAE sit side by side, as in Kissane et al.'s table)."""
+        return (not self.primary, self.dataset_index, self.axis, self.direction != "forward", self.test_id)
 
 
 def _dict_or_none(value: Any, what: str) -> dict[str, Any] | None:
@@ -103,6 +139,34 @@ def portable(value: Any) -> Any:
     return portable_path(value) if isinstance(value, str) else value
 
 
+def evaluation_of(pair: Pair) -> dict[str, Any]:
+    """The record's `evaluation` key: where `pair` sits among its registry entry's evaluations."""
+    return {"primary": pair.primary, "axis": pair.axis, "dataset_index": pair.dataset_index,
+            "sae_name": pair.sae.name, "direction": pair.direction, "dataset": pair.dataset.key}
+
+
+def _evaluation(value: Any) -> dict[str, Any]:
+    """The `evaluation` key as Entry fields; absent keys keep the Entry defaults (a record before axes)."""
+    value = _dict_or_none(value, "'evaluation'") or {}
+    kinds = {"primary": bool, "axis": int, "dataset_index": int, "sae_name": str, "direction": str, "dataset": str}
+    out: dict[str, Any] = {}
+    for key, kind in kinds.items():
+        if value.get(key) is None:
+            continue
+        if not isinstance(value[key], kind) or (kind is int and isinstance(value[key], bool)):
+            raise TypeError(f"'evaluation.{key}' must be {kind.__name__}, got {value[key]!r}")
+        out[key] = value[key]
+    if out.get("direction", "forward") not in ("forward", "reverse"):
+        raise TypeError(f"'evaluation.direction' must be forward or reverse, got {out['direction']!r}")
+    return out
+
+
+def _sae_name(test_id: str, pair_id: str, hook: str) -> str | None:
+    """The SAE slug inside `Pair.test_id` ('{pair}-{sae}-{hook}[-{dataset}]'), for a record without `evaluation`."""
+    head, sep, _ = test_id.removeprefix(f"{pair_id}-").partition(f"-{hook}")
+    return head if sep and test_id.startswith(f"{pair_id}-") and head else None
+
+
 def parse_record(data: Any, stem: str) -> Entry:
     """An evaluated pair: `PairResult.to_json()` plus the runner's keys (`RUNNER_KEYS`).
 
@@ -114,20 +178,34 @@ def parse_record(data: Any, stem: str) -> Entry:
     fields = {k: v for k, v in data.items() if k not in RUNNER_KEYS}
     result = PairResult.from_dict({**fields, "provenance": portable(fields.get("provenance"))})
     prov = result.provenance
-    return Entry(test_id=prov.test_id or stem, pair_id=prov.pair_id or prov.test_id or stem, result=result,
+    # the result's own provenance says what was evaluated; the runner's key says where it sits
+    evaluation = {**_evaluation(data.get("evaluation")), "direction": prov.direction}
+    if prov.dataset_name is not None:
+        evaluation["dataset"] = prov.dataset_name
+    test_id, pair_id = prov.test_id or stem, prov.pair_id or prov.test_id or stem
+    evaluation.setdefault("sae_name", _sae_name(test_id, pair_id, prov.hook))
+    if "primary" not in evaluation:  # a record without the key: what its test id and provenance tell
+        first_dataset = test_id.endswith(f"-{prov.hook}")  # a later dataset appends `-{name}`
+        evaluation.setdefault("dataset_index", 0 if first_dataset else 1)
+        evaluation["primary"] = first_dataset and prov.direction == "forward"
+    return Entry(test_id=test_id, pair_id=pair_id, result=result,
                  outcomes=_outcomes(data.get("outcomes")), expected=_dict_or_none(data.get("expected"), "'expected'"),
-                 sae=prov.sae, hook=prov.hook, claims=_claims(data.get("claims")))
+                 sae=prov.sae, hook=prov.hook, claims=_claims(data.get("claims")), **evaluation)
 
 
 def parse_skip(data: Any, stem: str) -> Entry:
-    """A pair that could not run: {"test_id", "pair_id", "reason"} (+ optional "expected", "sae", "hook")."""
+    """A pair that could not run: {"test_id", "pair_id", "reason"} (+ optional "expected", "sae", "hook",
+    "evaluation")."""
     if not isinstance(data, dict):
         raise TypeError(f"a skip record must be a JSON object, got {type(data).__name__}")
     test_id = str(data.get("test_id") or stem)
+    pair_id = str(data.get("pair_id") or test_id)
     optional = {k: None if data.get(k) is None else str(data[k]) for k in ("sae", "hook")}
-    return Entry(test_id=test_id, pair_id=str(data.get("pair_id") or test_id),
-                 expected=_dict_or_none(data.get("expected"), "'expected'"),
-                 skip_reason=str(data.get("reason") or "no reason given"), **optional)
+    evaluation = _evaluation(data.get("evaluation"))
+    if optional["hook"] is not None:
+        evaluation.setdefault("sae_name", _sae_name(test_id, pair_id, optional["hook"]))
+    return Entry(test_id=test_id, pair_id=pair_id, expected=_dict_or_none(data.get("expected"), "'expected'"),
+                 skip_reason=str(data.get("reason") or "no reason given"), **optional, **evaluation)
 
 
 def _read_all(folder: Path, parse: Any, label: str, warnings: list[str]) -> dict[str, Entry]:
@@ -179,6 +257,7 @@ def write_record(directory: Path, pair: Pair, result: PairResult) -> Path:
     data = committed_form(result, {k: v for k, v in old.items() if k not in RUNNER_KEYS})
     data["expected"] = asdict(pair.expected) if pair.expected else None
     data["outcomes"] = old.get("outcomes", {})
+    data["evaluation"] = evaluation_of(pair)
     if "claims" in old:
         data["claims"] = old["claims"]
     _write(path, data)
@@ -189,7 +268,8 @@ def write_record(directory: Path, pair: Pair, result: PairResult) -> Path:
 def write_skip(directory: Path, pair: Pair, reason: str) -> None:
     """Why `pair` did not run now; an earlier run's record stays, and the report shows both."""
     _write(directory / SKIPPED_DIR / f"{pair.test_id}.json",
-           {"test_id": pair.test_id, "pair_id": pair.id, "reason": reason,
+           {"test_id": pair.test_id, "pair_id": pair.id, "reason": reason, "sae": pair.sae.describe(),
+            "hook": pair.hook, "evaluation": evaluation_of(pair),
             "expected": asdict(pair.expected) if pair.expected else None})
 
 

@@ -1,4 +1,5 @@
-"""One row of raw numbers per entry: summary.csv (the headline table formats the same attributes)."""
+"""One row of raw numbers per evaluation: summary.csv (the headline table formats the same attributes; filter
+on `primary` for its rows)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,10 @@ def summary_row(entry: Entry) -> dict[str, Any]:
     r, expected = entry.result, entry.expected or {}
     nm = None if r is None else r.norm_matching
     return {
-        "test_id": entry.test_id, "pair_id": entry.pair_id, "sae": entry.sae, "hook": entry.hook,
+        "test_id": entry.test_id, "pair_id": entry.pair_id, "primary": entry.primary,
+        "direction": entry.direction, "dataset": entry.dataset, "sae_name": entry.sae_name, "sae": entry.sae,
+        "sae_architecture": entry.sae_architecture, "sae_trained_on": entry.sae_trained_on, "hook": entry.hook,
+        "layer": entry.layer,
         "status": status(entry),
         "verdict": entry.verdict or NOT_RUN,
         "norm_matched_verdict": entry.norm_matched_verdict,
