@@ -4,7 +4,7 @@
 - run PAIR                a pair's full result as JSON, for scripts and notebooks
 - report                  re-render reports/ from the records on disk, without recomputing
 - pairs                   list the registry
-- zoo build|install|verify   the embedded tiny model zoo
+- zoo build|saes|install|verify   the embedded tiny model zoo
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("evidence", help="run the findings and write the report (args go to pytest)")
-    sub.add_parser("zoo", help="build, install or verify the tiny model zoo")
+    sub.add_parser("zoo", help="build, add SAEs to, install or verify the tiny model zoo")
     run = sub.add_parser("run", help="print one pair's full result as JSON")
     run.add_argument("pair", help="pair id or test id (see `pairs`)")
     run.add_argument("--tokens", type=int, default=None)

@@ -12,7 +12,16 @@ from saetransfer.zoo import manifest
 from saetransfer.zoo.cli import install, main
 
 MODELS = ("base", "code", "math", "retok")
-SAES = ("base-relu", "code-relu")
+SAES = ("base-relu", "code-relu")  # the build's own
+# added by `zoo saes` (config.EXTRA_SAES): name -> (model, hook, SAELens architecture)
+EXTRA_SAES = {
+    "base-relu-l1": ("base", "blocks.1.hook_resid_pre", "standard"),
+    "base-relu-l3": ("base", "blocks.3.hook_resid_pre", "standard"),
+    "code-relu-l1": ("code", "blocks.1.hook_resid_pre", "standard"),
+    "code-relu-l3": ("code", "blocks.3.hook_resid_pre", "standard"),
+    "base-topk": ("base", "blocks.2.hook_resid_pre", "topk"),
+    "base-jumprelu": ("base", "blocks.2.hook_resid_pre", "jumprelu"),
+}
 PAIRS = ("tiny-gpt2__self", "tiny-gpt2__math", "tiny-gpt2__code", "tiny-gpt2__retok")
 # SAELens prefixes this warning with a newline, so pytest.ini's `.*non-empty ...` pattern never matches it
 # ('.' does not match '\n'); we do load the models unprocessed, as the metadata asks.
@@ -65,6 +74,30 @@ def test_small_build_has_the_zoo_layout(tmp_path: Path) -> None:
     assert man["seed"] == 1 and man["versions"]["sae-lens"]
     _check_loadable(out)
 
+    # `zoo saes` adds the extra SAEs and leaves every other file as it was (README.md regenerated)
+    before = man["files"]
+    assert main(["saes", "--small", "--zoo", str(out), "--only", "base-jumprelu", "code-relu-l1"]) == 0
+    assert main(["saes", "--small", "--zoo", str(out), "--only", "base-topk"]) == 0  # a second run adds to the first
+    after = manifest.read(out)
+    assert manifest.verify(out) == []
+    assert list(after["saes"]) == [*SAES, "code-relu-l1", "base-topk", "base-jumprelu"]  # the config's order
+    assert {k: v for k, v in after["files"].items() if k in before and k != "README.md"} \
+        == {k: v for k, v in before.items() if k != "README.md"}
+    for name in ("base-topk", "base-jumprelu", "code-relu-l1"):
+        entry = after["saes"][name]
+        assert entry["saelens_architecture"] == EXTRA_SAES[name][2] and entry["model"] == f"models/{EXTRA_SAES[name][0]}"
+        assert {"explained_variance", "l0", "ce_loss_score"} <= entry["eval_on_own_model_prose"].keys()
+    assert after["saes_stage"]["saes"] == ["code-relu-l1", "base-topk", "base-jumprelu"]
+    assert "saes/base-jumprelu" in (out / "README.md").read_text()
+    assert {k: after[k] for k in man if k not in ("saes", "files", "choices")} \
+        == {k: man[k] for k in man if k not in ("saes", "files", "choices")}
+    weights = out / "models" / "code" / "model.safetensors"
+    kept = weights.read_bytes()
+    weights.write_bytes(b"tampered")
+    assert main(["saes", "--small", "--zoo", str(out), "--only", "base-topk"]) == 1  # before any training
+    weights.write_bytes(kept)
+    assert manifest.verify(out) == []
+
     # install refuses a tampered build and leaves the destination alone
     dest = tmp_path / "installed"
     assert install(out, dest) == 0 and manifest.verify(dest) == []
@@ -108,3 +141,35 @@ def test_manifest_tokenizer_comparison_is_reproduced_by_the_one_implementation()
     for key, other in (("tokenizer_comparison", "retok"), ("math_tokenizer_comparison_for_contrast", "math")):
         fresh = manifest_comparison(base, load_tokenizer(ZOO / "models" / other))
         assert json.dumps(fresh) == json.dumps(retok[key]), key
+
+
+def test_committed_extra_saes_are_listed_with_their_hashes() -> None:
+    man = manifest.read(ZOO)
+    assert list(man["saes"]) == [*SAES, *EXTRA_SAES]
+    for name in EXTRA_SAES:
+        for f in ("cfg.json", "sae_weights.safetensors"):
+            path = ZOO / "saes" / name / f
+            assert path.is_file() and manifest.sha256(path) == man["files"][f"saes/{name}/{f}"]["sha256"], path
+    assert man["saes_stage"]["saes"] == list(EXTRA_SAES)
+
+
+@pytest.mark.filterwarnings(SAE_KWARGS_WARNING)
+@pytest.mark.parametrize("name", EXTRA_SAES)
+def test_committed_extra_sae_loads_with_its_hook_and_architecture(name: str) -> None:
+    from saetransfer.loading import load_sae
+    from saetransfer.registry import SaeSource
+
+    model, hook, architecture = EXTRA_SAES[name]
+    entry = manifest.read(ZOO)["saes"][name]
+    loaded = load_sae(SaeSource(name=name, path=ZOO / "saes" / name))
+    assert (loaded.hook_name, loaded.architecture, entry["model"]) == (hook, architecture, f"models/{model}")
+    assert entry["hook_name"] == hook and entry["saelens_architecture"] == architecture
+    assert loaded.d_in == 128 and loaded.d_sae == 1024 and loaded.context_size == 128 and loaded.prepend_bos
+    assert loaded.model_from_pretrained_kwargs["center_writing_weights"] is False
+    assert entry["trained_on"] == "prose (train split)"
+    if architecture == "topk":
+        assert loaded.sae.cfg.k == entry["k"] == 48
+    if architecture == "jumprelu":
+        assert float(loaded.sae.threshold.min()) >= 0 and entry["threshold"]["median"] > 0
+    ev = entry["eval_on_own_model_prose"]
+    assert ev["explained_variance"] > 0.5 and ev["ce_loss_score"] > 0.5 and ev["l0"] < 1024 / 4, ev

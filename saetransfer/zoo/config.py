@@ -31,7 +31,8 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class SaeSpec:
-    """A SAELens "standard" (ReLU + L1) SAE trained by LanguageModelSAETrainingRunner."""
+    """A SAELens SAE trained by LanguageModelSAETrainingRunner: "standard" (ReLU + L1) unless an `ExtraSae`
+    names another architecture (the l1 fields then do not apply)."""
 
     d_sae: int
     l1_coefficient: float
@@ -39,6 +40,31 @@ class SaeSpec:
     lr: float = 5e-4
     l1_warm_up_frac: float = 0.05
     train_batch_size_tokens: int = 4096
+
+
+@dataclass(frozen=True)
+class ExtraSae:
+    """An SAE the `zoo saes` stage adds to a built zoo, trained on one of its committed models.
+
+    `architecture` picks the SAELens training config (`StandardTrainingSAEConfig`, `TopKTrainingSAEConfig`,
+    `JumpReLUTrainingSAEConfig`); `arch` holds that config's own fields (k, l0_coefficient, ...). The
+    spec's l1 fields only apply to "standard"; its l1_warm_up_frac is JumpReLU's L0 warm-up too.
+    """
+
+    name: str  # saes/<name>
+    model: str  # models/<model>
+    layer: int  # blocks.<layer>.hook_resid_pre
+    spec: SaeSpec
+    architecture: str = "standard"
+    arch: tuple[tuple[str, Any], ...] = ()
+    why: str = ""  # the reason for its settings, for the README
+
+    @property
+    def hook_name(self) -> str:
+        return f"blocks.{self.layer}.hook_resid_pre"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"arch": dict(self.arch), "hook_name": self.hook_name}
 
 
 @dataclass(frozen=True)
@@ -93,3 +119,33 @@ SMALL = replace(
     cosine_rows=16,
     sae_eval_batches=2,
 )
+
+# `zoo saes`: more SAEs on the committed models, each trained like base-relu (its d_sae, training prose,
+# token budget, lr, seed and normalisation); only the architecture's own fields differ.
+EXTRA_SPEC = FULL.sae
+_EXTRA_STEPS = EXTRA_SPEC.training_tokens // EXTRA_SPEC.train_batch_size_tokens
+_LAYER_WHY = "layer sweep: base-relu's recipe at another hook of the zoo's 4 layers"
+EXTRA_SAES: tuple[ExtraSae, ...] = (
+    ExtraSae("base-relu-l1", "base", 1, EXTRA_SPEC, why=_LAYER_WHY),
+    ExtraSae("base-relu-l3", "base", 3, EXTRA_SPEC, why=_LAYER_WHY),
+    ExtraSae("code-relu-l1", "code", 1, EXTRA_SPEC, why="code-relu's recipe at layer 1, on prose as code-relu"),
+    ExtraSae("code-relu-l3", "code", 3, EXTRA_SPEC, why="code-relu's recipe at layer 3, on prose as code-relu"),
+    ExtraSae("base-topk", "base", 2, EXTRA_SPEC, "topk", (("k", 48),),
+             why="SAELens TopK with its default aux loss, k 48: base-relu's L0 is 46 at the end of training and 53 "
+                 "on held-out prose, so k 48 gives TopK the same sparsity (fixed: its L0 cannot grow on a finetune)"),
+    ExtraSae("base-jumprelu", "base", 2, EXTRA_SPEC, "jumprelu",
+             (("jumprelu_sparsity_loss_mode", "quadratic"), ("target_l0", 48.0), ("l0_coefficient", 1.0),
+              ("jumprelu_init_threshold", 0.1), ("jumprelu_bandwidth", 0.05), ("jumprelu_ste_to_input", True),
+              ("l0_warm_up_steps", _EXTRA_STEPS // 4), ("pre_act_loss_coefficient", 0.01)),
+             why="SAELens JumpReLU, free L0 at inference; trained with the quadratic L0 penalty around 48 (Gemma "
+                 "Scope 2) and the straight-through gradient reaching the encoder: with DeepMind's plain L0 "
+                 "penalty the threshold moves at most lr per step, so in 390 steps it stayed far below the "
+                 "activations (a 117-step pilot: threshold 0.22, L0 559)"),
+)
+
+# the same SAEs for a `build --small` zoo (3 layers: the sweep reads layers 1 and 2)
+SMALL_EXTRA_SAES: tuple[ExtraSae, ...] = tuple(
+    replace(e, layer=min(e.layer, SMALL.base.n_layers - 1), spec=SMALL.sae,
+            arch=tuple((k, 8) if k in ("k", "target_l0") else (k, 4) if k == "l0_warm_up_steps" else (k, v)
+                       for k, v in e.arch))
+    for e in EXTRA_SAES)

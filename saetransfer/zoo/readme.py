@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from saetransfer.zoo.config import ZooConfig
+
 
 def choices(cfg: ZooConfig) -> dict[str, str]:
     """What was tuned and why, with the config's own numbers."""
@@ -40,6 +42,35 @@ def choices(cfg: ZooConfig) -> dict[str, str]:
     }
 
 
+def _sae_rows(saes: dict[str, Any]) -> list[str]:
+    """One table row per SAE, from its manifest entry: what it reads, and what it was trained on."""
+    rows = []
+    for name, s in saes.items():
+        native = "" if s["model"] == "models/base" else " (finetune-native)"
+        rows.append(f"| saes/{name} | SAELens {s['architecture']} SAE on {s['model']}{native} "
+                    f"`{s['hook_name']}`, trained on its activations over {s['trained_on']} |")
+    return rows
+
+
+def _trained_on(saes: dict[str, Any]) -> str:
+    kinds = sorted({s["trained_on"] for s in saes.values()})
+    native = [n for n, s in saes.items() if s["model"] != "models/base"]
+    text = (f"Every SAE was trained on {kinds[0]}" if len(kinds) == 1
+            else "Training text per SAE: " + ", ".join(f"{n}: {s['trained_on']}" for n, s in saes.items()))
+    if native and len(kinds) == 1:
+        text += (f", the finetune-native ones ({', '.join(native)}) included: they read their finetune's "
+                 "activations on that text, not on the finetune's own domain")
+    return text + "."
+
+
+def extra_choice(whys: Mapping[str, str]) -> str:
+    """What `zoo saes` added and why (the manifest's choices["more saes"]), from {SAE name: why}."""
+    parts = [f"{name} ({why})" if why else name for name, why in whys.items()]
+    return ("added by `python -m saetransfer zoo saes` on the committed models, every one trained like base-relu "
+            "(SAELens runner, same training prose, seed and activation normalisation; the build's files untouched, "
+            "the training prose regenerated and checked against the committed eval rows): " + "; ".join(parts) + ".")
+
+
 def _f(x: float) -> str:
     return f"{x:.3f}"
 
@@ -61,9 +92,23 @@ def write(out: Path, body: dict[str, Any]) -> None:
         "| models/code | full finetune on Python code: the large-shift Gemma analogue (expected: fails) |",
         "| models/math | light prose + math finetune with one added PAD token: the MetaMath analogue (transfers) |",
         "| models/retok | its own tokenizer: the GPT2-Portuguese analogue (not comparable) |",
-        "| saes/base-relu | SAELens ReLU SAE on models/base `blocks.2.hook_resid_pre`, prose |",
-        "| saes/code-relu | same recipe on models/code (the finetune-native reference SAE) |",
+        *_sae_rows(body["saes"]),
         "| data/{prose,code}-eval.parquet | held-out eval rows (`input_ids`, 128 ids, BOS first, base tokenizer) |",
+        "",
+        "## SAEs on their own model (held-out prose, SAELens `run_evals`)",
+        "",
+        _trained_on(body["saes"]),
+        "",
+        "| SAE | model | hook | architecture | trained on | tokens | explained var. | L0 | KL score | CE recovered "
+        "| dead |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *[f"| {name} | {s['model']} | `{s['hook_name']}` | {s['architecture']} | {s['trained_on']} | "
+          f"{s['spec']['training_tokens'] / 1e6:g}M | "
+          f"{_f(e['explained_variance'])} | {e['l0']:.1f} | {_f(e['kl_div_score'])} | {_f(e['ce_loss_score'])} | "
+          f"{e['dead_frac']:.1%} |"
+          for name, s in body["saes"].items() for e in [s["eval_on_own_model_prose"]]],
+        "",
+        "dead: latents that never fired on these tokens.",
         "",
         "## Transfer evidence (base SAE, held-out prose, SAELens `run_evals`)",
         "",
@@ -89,6 +134,8 @@ def write(out: Path, body: dict[str, Any]) -> None:
         "",
         "```",
         "python -m saetransfer zoo build --out zoo-build   # ~" + f"{body['build_seconds'] / 60:.0f} min on 2 CPU cores",
+        *([f"python -m saetransfer zoo saes --zoo zoo-build  # ~{body['saes_stage']['seconds'] / 60:.0f} min: "
+           f"adds {', '.join(body['saes_stage']['saes'])}"] if "saes_stage" in body else []),
         "python -m saetransfer zoo install zoo-build       # replaces fixtures/zoo",
         "python -m saetransfer zoo verify                  # sha256 of every file against manifest.json",
         "```",

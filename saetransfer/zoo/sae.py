@@ -7,7 +7,7 @@ import logging
 import math
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +55,36 @@ def rows_dataset(rows: np.ndarray) -> Dataset:
     return Dataset.from_dict({"input_ids": rows.tolist()})
 
 
-def train_sae(model: HookedTransformer, rows: np.ndarray, spec: SaeSpec, hook_name: str, model_name: str,
-              seed: int, out_dir: Path) -> Any:
-    """Train a standard (ReLU, L1) SAE on `model`'s activations at `hook_name` over `rows`; save to out_dir."""
-    from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
+def training_sae_config(architecture: str, d_in: int, spec: SaeSpec, steps: int,
+                        arch: Mapping[str, Any] | None = None) -> Any:
+    """The SAELens training config of one architecture, activations normalised as for every zoo SAE.
+
+    "standard" is ReLU + L1 with the spec's l1 settings; "topk" and "jumprelu" take their own fields from
+    `arch` (k; l0_coefficient, jumprelu_init_threshold, ...), JumpReLU's L0 penalty warming up over the
+    spec's l1_warm_up_frac of the steps, as the L1 penalty does.
+    """
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAEConfig
     from sae_lens.saes.standard_sae import StandardTrainingSAEConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
+
+    arch = dict(arch or {})
+    common: dict[str, Any] = {"d_in": d_in, "d_sae": spec.d_sae, "normalize_activations": "expected_average_only_in"}
+    warm_up = int(spec.l1_warm_up_frac * steps)
+    if architecture == "standard":
+        return StandardTrainingSAEConfig(**common, l1_coefficient=spec.l1_coefficient, l1_warm_up_steps=warm_up,
+                                         **arch)
+    if architecture == "topk":
+        return TopKTrainingSAEConfig(**common, **arch)
+    if architecture == "jumprelu":
+        return JumpReLUTrainingSAEConfig(**common, **({"l0_warm_up_steps": warm_up} | arch))
+    raise ValueError(f"unknown SAE architecture {architecture!r} (standard, topk, jumprelu)")
+
+
+def train_sae(model: HookedTransformer, rows: np.ndarray, spec: SaeSpec, hook_name: str, model_name: str,
+              seed: int, out_dir: Path, architecture: str = "standard", arch: Mapping[str, Any] | None = None) -> Any:
+    """Train an SAE (standard = ReLU + L1 by default) on `model`'s activations at `hook_name` over `rows`;
+    save to out_dir. `architecture` and `arch` as in `training_sae_config`."""
+    from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
 
     ctx = rows.shape[1]
     steps = spec.training_tokens // spec.train_batch_size_tokens
@@ -68,9 +93,7 @@ def train_sae(model: HookedTransformer, rows: np.ndarray, spec: SaeSpec, hook_na
     ds = rows_dataset(rows).shuffle(seed=seed).flatten_indices()
     with tempfile.TemporaryDirectory(prefix="zoo-sae-") as tmp:
         cfg = LanguageModelSAERunnerConfig(
-            sae=StandardTrainingSAEConfig(
-                d_in=model.cfg.d_model, d_sae=spec.d_sae, l1_coefficient=spec.l1_coefficient,
-                l1_warm_up_steps=int(spec.l1_warm_up_frac * steps), normalize_activations="expected_average_only_in"),
+            sae=training_sae_config(architecture, model.cfg.d_model, spec, steps, arch),
             model_name=model_name, hook_name=hook_name, dataset_path="local:" + model_name,
             is_dataset_tokenized=True, streaming=False, context_size=ctx, prepend_bos=True,
             exclude_special_tokens=True, training_tokens=spec.training_tokens,
