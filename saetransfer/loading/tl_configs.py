@@ -121,7 +121,8 @@ def converter(architecture: str) -> Callable[[Any, Any], dict[str, torch.Tensor]
     }[architecture]
 
 
-def tl_config(hf_config: PreTrainedConfig, *, name: str, n_ctx: int | None = None) -> HookedTransformerConfig:
+def tl_config(hf_config: PreTrainedConfig, *, name: str, n_ctx: int | None = None,
+              n_devices: int = 1) -> HookedTransformerConfig:
     """The fp32 CPU `HookedTransformerConfig` for an HF config (GPT-2, Gemma v1, Mistral, Llama).
 
     Args:
@@ -129,6 +130,7 @@ def tl_config(hf_config: PreTrainedConfig, *, name: str, n_ctx: int | None = Non
         name: model name recorded in the TL config.
         n_ctx: longest sequence the model will see; default: TL's cap for the family or the
             checkpoint's maximum, whichever is smaller.
+        n_devices: GPUs TransformerLens splits the model's blocks over (TL asserts that CUDA has them).
 
     Raises:
         UnsupportedArchitectureError: another architecture, or an option TL cannot express.
@@ -145,7 +147,7 @@ def tl_config(hf_config: PreTrainedConfig, *, name: str, n_ctx: int | None = Non
         raise UnsupportedArchitectureError(f"{name}: n_ctx={n_ctx} outside 1..{limit} (the checkpoint's maximum)")
     cfg["n_ctx"] = n_ctx or min(limit, _N_CTX_CAP.get(architecture, limit))
     cfg.update(original_architecture=architecture, model_name=name, init_weights=False, device="cpu",
-               dtype=torch.float32, n_devices=1, default_prepend_bos=True)
+               dtype=torch.float32, n_devices=n_devices, default_prepend_bos=True)
     return HookedTransformerConfig.from_dict(cfg)
 
 
