@@ -6,7 +6,8 @@
 before anything touches CUDA (the root conftest's `pytest_configure` does it first). Each pair's tests
 stay on one worker (`--dist loadgroup`), so a pair runs on one GPU. Without `CUDA_VISIBLE_DEVICES` the
 workers are not bound (listing the GPUs would initialise CUDA), so set it to use several GPUs. A model
-larger than one GPU is TransformerLens's to split (`n_devices`), not this module's.
+larger than one GPU is TransformerLens's to split (`n_devices`, set from `SAETRANSFER_N_DEVICES` by
+`loading.load_model`), not this module's.
 
 Imports nothing heavy: it runs before torch initialises CUDA.
 """

@@ -74,10 +74,25 @@ def logit_similarity(
     With one shared W_dec this mostly measures how much W_U changed (the post's own caveat, §5.2).
     """
     out = []
+    W_U_base, W_U_ft = W_U_base.float(), W_U_ft.float()  # once, not per chunk (a bf16 256k W_U is 1 GB)
     for start in range(0, W_dec.shape[0], chunk):
         w = W_dec[start:start + chunk].float()
-        out.append(_row_correlation(w @ W_U_base.float(), w @ W_U_ft.float()).cpu())
+        out.append(_row_correlation(w @ W_U_base, w @ W_U_ft).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def frobenius(a: Float[Tensor, "d v"], b: Float[Tensor, "d v"] | None = None, columns: int = 4096) -> float:
+    """||a|| (or ||a - b||) in float64, a block of columns at a time.
+
+    A float64 copy of Gemma's 2048 x 256k W_U is 4 GB, and `a.double() - b.double()` holds three of them.
+    """
+    total = torch.zeros((), dtype=torch.float64)
+    for start in range(0, a.shape[1], columns):
+        block = a[:, start:start + columns].double()
+        if b is not None:
+            block = block - b[:, start:start + columns].double()
+        total += (block * block).sum().cpu()
+    return float(total.sqrt())
 
 
 def _random_directions(W_dec: Float[Tensor, "f d"], seed: int) -> Float[Tensor, "f d"]:
@@ -140,8 +155,8 @@ def feature_transfer(
                               logit_correlation=logits_of(chosen["regular"])),
         dead_in_base=dead("dead_in_base", only_base, latents.max_ft, ft_density),
         dead_in_finetune=dead("dead_in_finetune", only_ft, latents.max_base, base_density))
-    norm_b, norm_f = float(W_U_b.double().norm()), float(W_U_f.double().norm())
+    norm_b, norm_f = frobenius(W_U_b), frobenius(W_U_f)
     return FeatureTransfer(
         buckets=buckets, n_dead_in_both=int((dead_b & dead_f).sum()),
         W_U_frobenius_ratio=norm_b / norm_f if norm_f else math.nan,
-        W_U_frobenius_distance=float((W_U_b.double() - W_U_f.double()).norm()), chance=chance)
+        W_U_frobenius_distance=frobenius(W_U_b, W_U_f), chance=chance)

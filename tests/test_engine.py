@@ -249,3 +249,32 @@ def test_an_sae_that_rescales_each_token_is_run_as_saelens_runs_it(models):
 ])
 def test_an_undefined_score_names_its_real_cause(out, cause):
     assert engine._undefined_because(out, "ce_loss_score") == cause
+
+
+def test_logits_are_formed_a_chunk_of_positions_at_a_time(models, monkeypatch):
+    """With LOGIT_CHUNK_ELEMENTS = 5 positions' worth, the unembedding never sees more than 5 positions at
+    once (no [batch, pos, vocab] tensor), and CE/KL equal those of a pass whose one chunk holds every position."""
+    base, ft = models
+    sae = loaded_sae(standard_sae())
+    seen: list[int] = []
+
+    def record(module, args, output):  # noqa: ANN001
+        seen.append(output.shape[:-1].numel())
+
+    handles = [m.unembed.register_forward_hook(record) for m in (base, ft)]
+    try:
+        monkeypatch.setattr(engine, "LOGIT_CHUNK_ELEMENTS", 5 * D_VOCAB)
+        chunked = stream(loaded(base), loaded(ft), sae, tokens(rows=4), batch_size=4)
+        chunked_max, seen[:] = max(seen), []
+        monkeypatch.setattr(engine, "LOGIT_CHUNK_ELEMENTS", 10**9)
+        whole = stream(loaded(base), loaded(ft), sae, tokens(rows=4), batch_size=4)
+    finally:
+        for h in handles:
+            h.remove()
+    assert chunked_max == 5
+    assert max(seen) == 4 * (CTX - 1)  # unchunked: every kept position of a batch (BOS is masked) at once
+    for side in ("base", "finetune", "norm_matched_finetune"):
+        a, b = getattr(chunked.sae, side), getattr(whole.sae, side)
+        for key in ("ce_clean", "ce_spliced", "ce_ablation", "kl_spliced", "kl_ablation", "ce_loss_score",
+                    "kl_div_score"):
+            assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-6, abs=1e-9), (side, key)

@@ -268,3 +268,33 @@ def test_gemma3_residual_stream_is_hfs_layer_output(gemma3, tokens) -> None:
         hidden = hf(tokens, output_hidden_states=True).hidden_states
     for n, name in enumerate(names[:-1]):  # HF's last hidden state is after the final norm
         torch.testing.assert_close(cache[name], hidden[n + 1], atol=ATOL, rtol=0)
+
+
+def test_n_devices_reaches_the_transformer_lens_config(checkpoints, tokens, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAETRANSFER_N_DEVICES (or n_devices=) becomes HookedTransformerConfig.n_devices, TL's split over GPUs.
+
+    On the CPU every block stays on the CPU (TL places by cfg.device), so the logits are still HF's; CUDA's
+    device count is faked, because TL asserts that it has the devices.
+    """
+    directory, hf = checkpoints["MistralForCausalLM"]
+    assert load_model(ModelSource(path=directory)).model.cfg.n_devices == 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("SAETRANSFER_N_DEVICES", "2")
+    loaded = load_model(ModelSource(path=directory), processing=NO_PROCESSING)
+    assert loaded.model.cfg.n_devices == 2 and loaded.model.cfg.device == "cpu"
+    torch.testing.assert_close(tl_logits(loaded, tokens), hf_logits(hf, tokens), atol=ATOL, rtol=0)
+    assert load_model(ModelSource(path=directory), n_devices=1).model.cfg.n_devices == 1  # the argument wins
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("0", "must be a positive integer"), ("two", "must be a positive integer"),
+    ("3", "splits each model over 3 GPUs, but CUDA sees 2"),
+])
+def test_n_devices_refuses_what_cuda_cannot_give(value: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from saetransfer.loading import DeviceUnavailableError
+    from saetransfer.loading.models import model_devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("SAETRANSFER_N_DEVICES", value)
+    with pytest.raises(DeviceUnavailableError, match=message):
+        model_devices()

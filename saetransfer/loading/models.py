@@ -8,6 +8,7 @@ cast, as TL advises.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from saetransfer.loading.errors import MissingPathError, ProcessingFlagError, UnsupportedArchitectureError
+from saetransfer.loading.errors import (
+    DeviceUnavailableError, MissingPathError, ProcessingFlagError, UnsupportedArchitectureError,
+)
 from saetransfer.loading.hub import (
     MODEL_FILES, PICKLE_WEIGHTS, TOKENIZER_FILES, TOP_LEVEL_ONLY, commit_of, describe_path, has_files, snapshot,
 )
@@ -25,6 +28,9 @@ from saetransfer.registry import ModelSource
 if TYPE_CHECKING:
     from sae_lens import HookedSAETransformer
     from transformers import PreTrainedTokenizerBase
+
+N_DEVICES_ENV = "SAETRANSFER_N_DEVICES"
+"""GPUs to split each model over (TransformerLens `n_devices`), for a model larger than one GPU; default 1."""
 
 # TransformerLens `from_pretrained` defaults: the basis most SAEs were trained in.
 TL_PROCESSING_DEFAULTS: dict[str, bool] = {
@@ -91,6 +97,29 @@ def _resolve_processing(processing: Mapping[str, bool] | None) -> dict[str, bool
             raise ProcessingFlagError(f"unknown processing flag {key!r}; known: {sorted(flags)}")
         flags[key] = _flag(key, value)
     return flags
+
+
+def model_devices(n_devices: int | None = None) -> int:
+    """How many GPUs a model is split over: `n_devices`, else `SAETRANSFER_N_DEVICES`, else 1.
+
+    Raises:
+        DeviceUnavailableError: not a positive integer, or more devices than CUDA sees.
+    """
+    label = N_DEVICES_ENV if n_devices is None else "n_devices"
+    raw: object = n_devices if n_devices is not None else os.environ.get(N_DEVICES_ENV, "1")
+    try:
+        count = int(str(raw).strip())
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise DeviceUnavailableError(f"{label}={raw!r}: the number of GPUs to split a model over must be a "
+                                     "positive integer")
+    if count > 1 and torch.cuda.device_count() < count:
+        raise DeviceUnavailableError(
+            f"{label}={count} splits each model over {count} GPUs, but CUDA sees "
+            f"{torch.cuda.device_count()} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}; an "
+            "xdist worker under --gpu sees one GPU, so run without -n); lower it or make the GPUs visible")
+    return count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +194,7 @@ def _interpolate(hf_model: Any, source: ModelSource, remote: bool) -> None:
 
 def load_model(source: ModelSource, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
                processing: Mapping[str, bool] | None = None, allow_hub: bool = False,
-               n_ctx: int | None = None) -> LoadedModel:
+               n_ctx: int | None = None, n_devices: int | None = None) -> LoadedModel:
     """A `HookedSAETransformer` for a local checkpoint dir or a Hub repo, without Hub calls offline.
 
     Args:
@@ -177,18 +206,22 @@ def load_model(source: ModelSource, *, device: str = "cpu", dtype: torch.dtype =
             missing flags take TL's `from_pretrained` defaults (all True).
         allow_hub: allow downloads.
         n_ctx: longest sequence needed (saves the n_ctx^2 causal masks); default in `tl_config`.
+        n_devices: GPUs to split the model over (TransformerLens `n_devices`: TL places its modules on
+            them); default `SAETRANSFER_N_DEVICES`, else 1 (`model_devices`).
 
     Raises:
-        MissingPathError, HubUnavailableError, UnsupportedArchitectureError, ProcessingFlagError.
+        MissingPathError, HubUnavailableError, UnsupportedArchitectureError, ProcessingFlagError,
+        DeviceUnavailableError.
     """
     flags = _resolve_processing(processing)
+    devices = model_devices(n_devices)
     folder, revision = checkpoint_dir(source, allow_hub=allow_hub)  # fails fast, before the heavy imports
     from sae_lens import HookedSAETransformer
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     remote = source.trust_remote_code  # never on unless the registry entry says so
     hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=remote)
-    cfg = tl_config(hf_config, name=source.tl_name or source.hub or folder.name, n_ctx=n_ctx)
+    cfg = tl_config(hf_config, name=source.tl_name or source.hub or folder.name, n_ctx=n_ctx, n_devices=devices)
     if getattr(cfg, "output_logits_soft_cap", -1.0) > 0:
         # as TL's from_pretrained does: a logit soft-cap is not shift-invariant, so centring W_U would
         # change the log-probs (the residual stream, the SAE's basis, is the same either way)
@@ -207,7 +240,11 @@ def load_model(source: ModelSource, *, device: str = "cpu", dtype: torch.dtype =
     del hf_model, state_dict
     if dtype != torch.float32:
         model.to(dtype, print_details=False)
-    model.to(device, print_details=False)
+    if devices > 1:  # TransformerLens places the modules over cfg.n_devices GPUs; .to() would gather them
+        model.cfg.device = device
+        model.move_model_modules_to_device()
+    else:
+        model.to(device, print_details=False)
     model.eval()
     if model.cfg.d_vocab != rows:
         raise UnsupportedArchitectureError(

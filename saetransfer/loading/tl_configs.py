@@ -184,7 +184,8 @@ def converter(architecture: str) -> Callable[[Any, Any], dict[str, torch.Tensor]
     }[architecture]
 
 
-def tl_config(hf_config: PreTrainedConfig, *, name: str, n_ctx: int | None = None) -> HookedTransformerConfig:
+def tl_config(hf_config: PreTrainedConfig, *, name: str, n_ctx: int | None = None,
+              n_devices: int = 1) -> HookedTransformerConfig:
     """The fp32 CPU `HookedTransformerConfig` for an HF config (GPT-2, Gemma v1, Gemma 3 text, Mistral, Llama).
 
     Args:
@@ -192,6 +193,7 @@ def tl_config(hf_config: PreTrainedConfig, *, name: str, n_ctx: int | None = Non
         name: model name recorded in the TL config.
         n_ctx: longest sequence the model will see; default: TL's cap for the family or the
             checkpoint's maximum, whichever is smaller.
+        n_devices: GPUs TransformerLens splits the model's blocks over (TL asserts that CUDA has them).
 
     Raises:
         UnsupportedArchitectureError: another architecture, or an option TL cannot express.
@@ -208,7 +210,7 @@ def tl_config(hf_config: PreTrainedConfig, *, name: str, n_ctx: int | None = Non
         raise UnsupportedArchitectureError(f"{name}: n_ctx={n_ctx} outside 1..{limit} (the checkpoint's maximum)")
     cfg["n_ctx"] = n_ctx or min(limit, _N_CTX_CAP.get(architecture, limit))
     cfg.update(original_architecture=architecture, model_name=name, init_weights=False, device="cpu",
-               dtype=torch.float32, n_devices=1, default_prepend_bos=True)
+               dtype=torch.float32, n_devices=n_devices, default_prepend_bos=True)
     lacking = sorted(set(cfg) - {f.name for f in dataclasses.fields(HookedTransformerConfig)})
     if lacking:  # e.g. Gemma 3's use_qk_norm / rotary_base_local in an older transformer-lens
         import transformer_lens
