@@ -435,6 +435,22 @@ class _Member:
         self.worst_cos, self.outliers_top = _TopK(), _TopK()
 
 
+def _ablated_logits(model: Any, start: int) -> Float[Tensor, " v"]:
+    """Zero ablation at block `start`: every position's residual is the same zero vector, so one position's
+    logits are all positions' (one forward per model and hook, not one per token)."""
+    zeros = torch.zeros(1, 1, model.cfg.d_model, device=model.cfg.device, dtype=model.cfg.dtype)
+    final = model(zeros, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
+    return _final_logits(model, final[0]).squeeze(0).float()
+
+
+def _stream(pair: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"], base: Any, ft: Any, sae: Any, native: Any,
+            tokenizer: Any, comparison: Any, compat: Any, provenance: Provenance) -> PairResult:
+    """One evaluation's pass on models and SAEs already loaded (`base`/`ft`: objects with `model` and `d_vocab`)."""
+    member = _Member(pair, "base", "finetune", sae, native, tokens.shape[0], provenance)
+    return _stream_group(pair, config, tokens, {"base": base, "finetune": ft}, [member], tokenizer, comparison,
+                         compat)[pair.test_id]
+
+
 def _chain(model: Any, tokens: Int[Tensor, "b p"], starts: Sequence[int]) -> dict[int, Tensor]:
     """The residual at the input of each block in `starts` (ascending), from one pass up to the deepest."""
     out, x, at = {}, None, 0
@@ -465,10 +481,7 @@ def _stream_group(entry: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"
     calibration = _calibrate(entry, calibration_acts, calibration_batches, special, starts)
     for m in members:
         m.begin(calibration[m.start], tokens.shape[1])
-    ablated = {(r, s): _final_logits(models[r].model, models[r].model(
-        torch.zeros(1, 1, models[r].model.cfg.d_model, device=device, dtype=models[r].model.cfg.dtype),
-        start_at_layer=s, stop_at_layer=models[r].model.cfg.n_layers)[0]).squeeze(0).float()
-        for r in ("base", "finetune") for s in starts}
+    ablated = {(r, s): _ablated_logits(models[r].model, s) for r in ("base", "finetune") for s in starts}
 
     row = 0
     desc = f"{entry.id} [{entry.dataset.key}]"

@@ -172,11 +172,11 @@ def test_streaming_does_not_depend_on_batch_size(models):
 def test_zero_ablation_is_one_vector_per_model(models):
     """With the residual zeroed at every position all positions are identical: one forward suffices."""
     base, _ = models
-    side = engine._ModelSide(base, 1, [], D_MODEL, D_VOCAB, n_rows=1)
     zeros = torch.zeros(3, CTX, D_MODEL)
     with torch.inference_mode():
         full = base(zeros, start_at_layer=1)
-    torch.testing.assert_close(full, side.ablated_logits.expand_as(full), rtol=1e-5, atol=1e-5)
+        one = engine._ablated_logits(base, 1)
+    torch.testing.assert_close(full, one.expand_as(full), rtol=1e-5, atol=1e-5)
 
 
 def test_outliers_keep_clean_activations_and_leave_statistics(models):
