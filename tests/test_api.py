@@ -16,9 +16,11 @@ TOKENS = 2048
 """Enough to be judged (masking.KEPT_FLOOR.min_count is 1024) and quick on 2 cores."""
 CODE_PAIR = dict(  # fixtures/pairs.toml's tiny-gpt2__code, as a notebook user would pass it
     base=ZOO / "models" / "base", finetune=ZOO / "models" / "code",
-    sae={"name": "tiny-res-relu", "path": str(ZOO / "saes" / "base-relu")},
-    native_sae={"name": "tiny-code-res-relu", "path": str(ZOO / "saes" / "code-relu")},
-    hook="blocks.2.hook_resid_pre", dataset={"path": str(ZOO / "data" / "prose-eval.parquet"), "column": "input_ids"},
+    sae={"name": "tiny-res-relu", "path": str(ZOO / "saes" / "base-relu"), "trained_on": "zoo prose (train split)"},
+    native_sae={"name": "tiny-code-res-relu", "path": str(ZOO / "saes" / "code-relu"),
+                "trained_on": "zoo prose (train split), on the code model"},
+    hook="blocks.2.hook_resid_pre",
+    dataset={"name": "prose", "path": str(ZOO / "data" / "prose-eval.parquet"), "column": "input_ids"},
     id="tiny-gpt2__code", batch_size=16,
 )
 
@@ -38,7 +40,9 @@ def evaluation(cache) -> api.Evaluation:
 def test_arguments_make_the_registry_pair():
     registry_pair = get_pair(load_registry(), "tiny-gpt2__code")
     pair = api.make_pair(**CODE_PAIR)
-    assert pair == dataclasses.replace(registry_pair, description="", expected=None)
+    # the registry entry's further axes and datasets are its own; this evaluation is the same
+    assert pair == dataclasses.replace(registry_pair, description="", expected=None, axes=pair.axes,
+                                       datasets=pair.datasets)
     config = engine.RunConfig(n_tokens=TOKENS, progress=False)
     assert engine.result_key(pair, config) == engine.result_key(registry_pair, config)  # one cache entry
 

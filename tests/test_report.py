@@ -648,7 +648,7 @@ def test_csv_says_which_evaluation_each_row_is(axes_rendered) -> None:
 
 def test_records_say_which_evaluation_they_are(tmp_path: Path) -> None:
     entry = next(p for p in load_registry(registry_files(())) if p.id == "tiny-gpt2__code")
-    forward, reverse = (p for p in expand(entry) if p.dataset_index == 0)
+    forward, reverse = (p for p in expand(entry) if p.dataset_index == 0 and p.axis == 0)
     assert forward.primary and reverse.direction == "reverse"
     result, _ = evaluation(zoo_result("code"), sae=reverse.sae.name, direction="reverse")
     commit_record(tmp_path, reverse, result)
