@@ -36,8 +36,11 @@ def synchronize(device: torch.device | str) -> None:
 
 
 def _ce(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Summed next-token CE of a batch (the logits' own dtype, as a bare forward with loss computes it)."""
-    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum")
+    """Summed next-token CE of a batch: per-token CE in the logits' own dtype, as a bare forward with loss
+    computes it, summed in fp32 (a bf16 sum of thousands of tokens would round to hundreds of nats)."""
+    per_token = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(),
+                                                  reduction="none")
+    return per_token.float().sum()
 
 
 def _reconstruct(splice: Splice, acts: Tensor) -> Tensor:
