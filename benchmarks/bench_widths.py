@@ -21,7 +21,8 @@ committed) and measured in fresh subprocesses, one model at a time, so that peak
 The engine is called only through `evaluate_pair(pair, RunConfig(...))`, so this survives changes inside it.
 
 Usage: nice -n 10 python benchmarks/bench_widths.py [--shapes gemma-2b mistral-7b gpt2-small] [--keep DIR]
-Output: benchmarks/results/widths.json (2 CPU cores: about 15 minutes; Gemma's step peaks near 10 GB RSS)
+Output: benchmarks/results/widths.json (about 15 CPU minutes in all on 2 cores; loading Gemma's shape peaks near
+17 GB RSS, so run it on a machine with room for that and nothing else big running)
 """
 
 from __future__ import annotations
