@@ -36,7 +36,8 @@ STALE_TMP_SECONDS = 60.0
 LOCK_STRIPES = 256
 """Lock files per cache dir (by the key's first two hex digits). filelock keeps a lock file after release,
 on purpose (waiters must share one inode), so one lock per key would grow with every key ever computed;
-two keys sharing a stripe only wait for each other, with odds 1/256."""
+two keys sharing a stripe only wait for each other, with odds 1/256. Groups of keys (one streaming pass)
+lock on one of 4,096 group stripes instead (`_lock_name`)."""
 
 
 class CacheEntryWarning(UserWarning):
@@ -99,14 +100,21 @@ def cached_result(directory: Path, key: str, compute: Callable[[], PairResult], 
     return cached_results(directory, {key: key}, lambda _: {key: compute()}, refresh=refresh)[key]
 
 
+def _lock_name(keys: list[str]) -> str:
+    """A key's stripe (`LOCK_STRIPES`); a set of keys computed together gets one of 4,096 group stripes of its
+    own, so that two passes rarely wait for each other (17 groups on 256 stripes share one 4 times in 10)."""
+    if len(keys) == 1:
+        return f".lock-{keys[0][:2]}"
+    return f".lock-group-{hashlib.sha256(''.join(sorted(keys)).encode()).hexdigest()[:3]}"
+
+
 def cached_results(directory: Path, keys: Mapping[str, str], compute: Callable[[list[str]], Mapping[str, PairResult]],
                    refresh: bool = False) -> dict[str, PairResult]:
     """Results for several names (name -> key) computed together: those absent (all, with `refresh`) are
     computed in one `compute(names)` call and stored. One process at a time per set of keys."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    stripe = min(keys.values())[:2]  # a single key's own stripe
-    with FileLock(str(directory / f".lock-{stripe}")):
+    with FileLock(str(directory / _lock_name(list(keys.values())))):
         remove_stale_temp_files(directory)
         out: dict[str, PairResult] = {}
         for name, key in keys.items():
