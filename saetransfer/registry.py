@@ -240,8 +240,11 @@ class Pair:
 
     @property
     def group_id(self) -> str:
-        """The evaluations computed in one streaming pass: the entry on one dataset."""
-        return f"{self.id}@{self.dataset.key}"
+        """The evaluations computed in one streaming pass: the entry on one dataset.
+
+        No `@`: pytest-xdist's loadgroup takes the text after a node id's last `@` as its group, so an `@`
+        here would put every pair's tests on one dataset into one group (one worker)."""
+        return f"{self.id}/{self.dataset.key}"
 
     @property
     def direction_label(self) -> str:

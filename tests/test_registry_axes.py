@@ -140,3 +140,18 @@ hook = "blocks.2.hook_resid_pre"
     axis = next(p for p in evaluations(tmp_path, text) if p.axis == 1 and p.direction == "forward")
     with pytest.raises(SaeMismatchError, match="native_sae.*trained at 'blocks.1.hook_resid_pre'"):
         preflight(axis, RunConfig.for_pair(axis))
+
+
+def test_each_pass_is_one_xdist_group_as_xdist_splits_it() -> None:
+    """pytest-xdist's loadgroup scheduler reads the group back from the node id it rewrote; each (entry,
+    dataset) must come back as its own group, or one worker gets every pair of a dataset."""
+    from xdist.scheduler.loadgroup import LoadGroupScheduling
+
+    from saetransfer.registry import registry_files
+
+    pairs = load_registry(registry_files([]))
+    scope = {p.test_id: LoadGroupScheduling._split_scope(None, f"findings/t.py::t[{p.test_id}]@{p.group_id}")  # type: ignore[arg-type]
+             for p in pairs}
+    for p in pairs:
+        assert {scope[q.test_id] for q in group_of(p)} == {scope[p.test_id]}
+    assert len(set(scope.values())) == len({p.group_id for p in pairs}) > 2
