@@ -261,25 +261,55 @@ def token_log_probs(logits: Float[Tensor, "n v"], keep_vocab: int) -> tuple[Floa
     return torch.log_softmax(logits, dim=-1), dropped
 
 
+CPU_BLOCK_ELEMENTS = 2**18
+"""Positions x vocabulary per block of the CE/KL terms on CPU (1 MiB in fp32). A whole chunk's temporaries
+([positions, vocab]: 32 MiB for 2048 positions of a 4096 vocabulary) would each be a fresh mapping from glibc
+(allocations above its 32 MiB mmap ceiling always are), page-faulting on every write, and would go through
+memory; a block's come from the heap and stay in a core's cache. Elsewhere (CUDA) a chunk is one block."""
+
+
+def _blocks(n: int, width: int, device: torch.device) -> tuple[slice, ...]:
+    step = max(1, CPU_BLOCK_ELEMENTS // max(width, 1)) if device.type == "cpu" else max(n, 1)
+    return tuple(slice(lo, min(lo + step, n)) for lo in range(0, n, step)) or (slice(0, 0),)
+
+
 @dataclass(frozen=True)
 class CleanDistribution:
     """The clean model's next-token distribution on a chunk of positions, computed once per chunk and
-    shared by every SAE spliced into that model (and by the zero-ablation baseline)."""
+    shared by every SAE spliced into that model (and by the zero-ablation baseline). The [positions, vocab]
+    tensors are kept per block of positions (`blocks`), so none is allocated whole on CPU."""
 
-    log_probs: Float[Tensor, "n v"]
-    probs: Float[Tensor, "n v"]
+    blocks: tuple[slice, ...]
+    log_probs: tuple[Tensor, ...]
+    """Per block, [block positions, kept vocab]."""
+    probs: tuple[Tensor, ...]
     neg_entropy: Float[Tensor, " n"]
     """sum_v p log p: KL(clean || q) = neg_entropy - sum_v p log q."""
     dropped_mass: Float[Tensor, " n"]
     ablated_log_probs: Float[Tensor, " v"]
+    kl_ablation: Float[Tensor, " n"]
+    """KL(clean || zero-ablated): the same for every splice, so computed once."""
 
     @classmethod
     def from_logits(cls, logits: Float[Tensor, "n v"], ablated_logits: Float[Tensor, " v"],
                     keep_vocab: int) -> CleanDistribution:
-        log_probs, dropped = token_log_probs(logits, keep_vocab)
-        probs = log_probs.exp()
-        ablated, _ = token_log_probs(ablated_logits.unsqueeze(0), keep_vocab)
-        return cls(log_probs, probs, (probs * log_probs).sum(-1), dropped, ablated.squeeze(0))
+        logits = logits.float()
+        kept = logits[:, :keep_vocab]
+        blocks = _blocks(kept.shape[0], keep_vocab, kept.device)
+        ablated = token_log_probs(ablated_logits.unsqueeze(0), keep_vocab)[0].squeeze(0)
+        log_probs, probs, neg_entropy, kl_ablation, dropped = [], [], [], [], []
+        for rows in blocks:  # inlined per block: no type-checked call inside the loop
+            lp, p = torch.log_softmax(kept[rows], dim=-1), torch.softmax(kept[rows], dim=-1)  # softmax: cheaper than exp
+            h = (p * lp).sum(-1)
+            log_probs.append(lp)
+            probs.append(p)
+            neg_entropy.append(h)
+            kl_ablation.append(h - p @ ablated)
+            if logits.shape[-1] > keep_vocab:  # mass on the rows beyond the base vocabulary (MetaMath's PAD)
+                dropped.append(torch.log_softmax(logits[rows], dim=-1)[:, keep_vocab:].exp().sum(-1))
+        neg = torch.cat(neg_entropy)
+        return cls(blocks, tuple(log_probs), tuple(probs), neg, torch.cat(dropped) if dropped else torch.zeros_like(neg),
+                   ablated, torch.cat(kl_ablation))
 
 
 DOWNSTREAM_COLUMNS = ("n_ce", "n_kl", "ce_clean", "ce_sae", "ce_abl", "kl_sae", "kl_abl", "dropped")
@@ -292,18 +322,21 @@ def downstream_terms(clean: CleanDistribution, spliced: Float[Tensor, "n v"], ta
     As in SAELens: KL compares two distributions and needs no target, so a row's last position counts;
     CE needs the next token, so it does not. A non-finite entry marks a position whose logits are broken.
     """
-    lp_sae, _ = token_log_probs(spliced, keep_vocab)
-    kl_sae = clean.neg_entropy - (clean.probs * lp_sae).sum(-1)
-    kl_abl = clean.neg_entropy - clean.probs @ clean.ablated_log_probs  # one vector: a matrix-vector product
-    has_next = targets >= 0
+    spliced = spliced[:, :keep_vocab].float()  # the spliced model's mass beyond keep_vocab is never reported
     t = targets.clamp(min=0).unsqueeze(-1)
-    nll = lambda lp: -lp.gather(-1, t).squeeze(-1)  # noqa: E731
-    zero = torch.zeros_like(kl_sae)
+    kl_sae, nll_sae, nll_clean = [], [], []
+    for rows, lp, p in zip(clean.blocks, clean.log_probs, clean.probs):  # inlined: no type-checked call in the loop
+        log_q = torch.log_softmax(spliced[rows], dim=-1)
+        kl_sae.append(clean.neg_entropy[rows] - (p * log_q).sum(-1))
+        nll_sae.append(-log_q.gather(-1, t[rows]).squeeze(-1))
+        nll_clean.append(-lp.gather(-1, t[rows]).squeeze(-1))
+    kl = torch.cat(kl_sae)
+    has_next = targets >= 0
+    zero = torch.zeros_like(kl)
     return torch.stack([
-        has_next.float(), torch.ones_like(kl_sae),
-        torch.where(has_next, nll(clean.log_probs), zero), torch.where(has_next, nll(lp_sae), zero),
-        torch.where(has_next, -clean.ablated_log_probs[targets.clamp(min=0)], zero),
-        kl_sae, kl_abl, torch.where(has_next, clean.dropped_mass, zero),
+        has_next.float(), torch.ones_like(kl), torch.where(has_next, torch.cat(nll_clean), zero),
+        torch.where(has_next, torch.cat(nll_sae), zero), torch.where(has_next, -clean.ablated_log_probs[t.squeeze(-1)], zero),
+        kl, clean.kl_ablation, torch.where(has_next, clean.dropped_mass, zero),
     ], dim=-1).double()
 
 

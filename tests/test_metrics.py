@@ -152,3 +152,34 @@ def test_non_finite_inputs_never_count_as_active_or_reach_a_histogram():
     hist = metrics.HistogramAccumulator(-1.0, 1.0, bins=4)
     hist.update(torch.tensor([0.5, float("nan"), float("inf"), -0.5]))
     assert sum(hist.result().counts) == 2
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 60), st.sampled_from([0, 2]))
+def test_downstream_terms_in_blocks_match_the_direct_log_softmax(seed, n, extra_vocab):
+    """CE, KL and the dropped mass per position, computed blockwise (blocks of a few positions here) against
+    one log-softmax over everything."""
+    gen = torch.Generator().manual_seed(seed)
+    keep, width = 11, 11 + extra_vocab
+    clean = torch.randn(n, width, generator=gen) * 4
+    spliced = clean + torch.randn(n, width, generator=gen)
+    ablated = torch.randn(width, generator=gen)
+    targets = torch.randint(0, keep, (n,), generator=gen)
+    targets[-1] = -1  # a row's last position: KL, no CE
+    saved = metrics.CPU_BLOCK_ELEMENTS
+    metrics.CPU_BLOCK_ELEMENTS = 4 * width  # blocks of 4 positions
+    try:
+        terms = metrics.downstream_terms(metrics.CleanDistribution.from_logits(clean, ablated, keep), spliced, targets,
+                                         keep)
+    finally:
+        metrics.CPU_BLOCK_ELEMENTS = saved
+    lp, lq = torch.log_softmax(clean[:, :keep].double(), -1), torch.log_softmax(spliced[:, :keep].double(), -1)
+    la = torch.log_softmax(ablated[:keep].double(), -1)
+    has = targets >= 0
+    t = targets.clamp(min=0)
+    nll = lambda lp_: torch.where(has, -lp_.gather(-1, t[:, None])[:, 0], 0.0)  # noqa: E731
+    dropped = torch.log_softmax(clean.double(), -1)[:, keep:].exp().sum(-1)
+    expected = torch.stack([has.double(), torch.ones(n, dtype=torch.float64), nll(lp), nll(lq),
+                            torch.where(has, -la[t], 0.0), (lp.exp() * (lp - lq)).sum(-1), (lp.exp() * (lp - la)).sum(-1),
+                            torch.where(has, dropped, 0.0)], dim=-1)
+    torch.testing.assert_close(terms, expected, rtol=1e-4, atol=2e-5)
