@@ -156,15 +156,42 @@ class SimilarityAccumulator:
 RECONSTRUCTION_COLUMNS = ("n", "sse", "sum_sq", "sum_elems", "cossim", "l2_ratio", "l0", "l1")
 
 
-def reconstruction_terms(x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"],
-                         feats: Float[Tensor, "n s"]) -> Float[Tensor, "n k"]:
-    """Per-position terms in `RECONSTRUCTION_COLUMNS` order (fp32 inputs, float64 out)."""
-    x, x_hat, feats = x.float(), x_hat.float(), feats.float()
-    return torch.stack([
-        torch.ones(x.shape[0], device=x.device), ((x - x_hat) ** 2).sum(-1), (x**2).sum(-1), x.sum(-1),
+def _nonzero_entries(m: Float[Tensor, "n s"]) -> tuple[Int[Tensor, " k"], Int[Tensor, " k"], Int[Tensor, " k"]]:
+    """(flat index, row, column) of the non-zero entries of a matrix (flat indices suit `Tensor.take`)."""
+    flat = (m != 0).reshape(-1).nonzero().squeeze(1)
+    return flat, flat // m.shape[1], flat % m.shape[1]
+
+
+@dataclass(frozen=True)
+class ActiveLatents:
+    """The non-zero entries of a [positions, latents] matrix: SAE latents are sparse, so per-position and
+    per-latent counts and sums are taken over these instead of over the whole matrix."""
+
+    position: Int[Tensor, " k"]
+    latent: Int[Tensor, " k"]
+    value: Float[Tensor, " k"]
+    """fp32."""
+
+    @classmethod
+    def of(cls, feats: Float[Tensor, "n s"]) -> ActiveLatents:
+        flat, position, latent = _nonzero_entries(feats)
+        return cls(position, latent, feats.take(flat).float())
+
+
+def reconstruction_terms(x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"], feats: Float[Tensor, "n s"],
+                         active: ActiveLatents | None = None) -> Float[Tensor, "n k"]:
+    """Per-position terms in `RECONSTRUCTION_COLUMNS` order (fp32 inputs, float64 out); `active` = `feats`'
+    non-zero entries when the caller has them already."""
+    active = ActiveLatents.of(feats) if active is None else active
+    x, x_hat = x.float(), x_hat.float()
+    n = x.shape[0]
+    dense = torch.stack([
+        torch.ones(n, device=x.device), ((x - x_hat) ** 2).sum(-1), (x**2).sum(-1), x.sum(-1),
         cosine(x, x_hat), x_hat.norm(dim=-1) / x.norm(dim=-1).clamp(min=1e-12),
-        (feats != 0).sum(-1).float(), feats.abs().sum(-1),
     ], dim=-1).double()
+    l0 = torch.bincount(active.position, minlength=n).double()
+    l1 = torch.bincount(active.position, weights=active.value.abs().double(), minlength=n)
+    return torch.cat([dense, l0.unsqueeze(-1), l1.unsqueeze(-1)], dim=-1)
 
 
 def reconstruction_values(t: dict[str, Tensor], sum_x_norm_sq: Tensor, d_in: int) -> dict[str, Tensor]:
@@ -191,14 +218,15 @@ class ReconstructionAccumulator:
         self.act_hist = HistogramAccumulator(-4.0, 3.0)  # log10 of non-zero activations
 
     def update(self, x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"], feats: Float[Tensor, "n s"],
-               rows: Int[Tensor, " n"]) -> None:
+               rows: Int[Tensor, " n"], active: ActiveLatents | None = None) -> None:
+        """`active`: `ActiveLatents.of(feats)`, when the caller has it already (the latent-pair sums read it too)."""
         if x.shape[0] == 0:
             return
-        self.rows.add(rows, reconstruction_terms(x, x_hat, feats))
+        active = ActiveLatents.of(feats) if active is None else active
+        self.rows.add(rows, reconstruction_terms(x, x_hat, feats, active))
         self.sum_x.index_add_(0, rows.cpu(), x.detach().double().cpu())
-        active = feats != 0
-        self.fired += active.sum(dim=0, dtype=torch.float64).cpu()
-        self.act_hist.update(torch.log10(feats.float()[active]))
+        self.fired += torch.bincount(active.latent, minlength=self.fired.numel()).double().cpu()
+        self.act_hist.update(torch.log10(active.value))
 
     @property
     def n(self) -> float:
@@ -391,21 +419,45 @@ class LatentPairAccumulator:
         self.max_base = torch.zeros(d_sae, dtype=torch.float64)
         self.max_ft = torch.zeros(d_sae, dtype=torch.float64)
 
-    def update(self, base: Float[Tensor, "n s"], ft: Float[Tensor, "n s"], rows: Int[Tensor, " n"]) -> None:
+    def update(self, base: Float[Tensor, "n s"], ft: Float[Tensor, "n s"], rows: Int[Tensor, " n"],
+               active_base: ActiveLatents | None = None, active_ft: ActiveLatents | None = None) -> None:
+        """Sums over the non-zero entries only (SAE latents are sparse): an entry at 0 adds 0 to every sum, and
+        an entry at 0 on both models adds 0 to the log error and nothing to the maxima (which start at 0).
+        `active_*`: `ActiveLatents.of` each matrix, when the caller has them already."""
         if base.shape[0] == 0:  # a batch whose positions were all masked
             return
-        base, ft = base.float(), ft.float()
-        for half in (0, 1):
-            sel = (rows % 2) == half
-            b, f = base[sel], ft[sel]
-            self.n[half] += b.shape[0]
-            self.sums[half] += torch.stack([b.sum(0), f.sum(0), (b * b).sum(0), (f * f).sum(0),
-                                            (b * f).sum(0)]).double().cpu()
-        self.cross_partner += (base * ft[:, self.partner.to(ft.device)]).sum(0).double().cpu()
-        err = (torch.log10(base.clamp(min=0) + LOG_EPS) - torch.log10(ft.clamp(min=0) + LOG_EPS)).abs()
-        self.log_abs_err += err.sum(0).double().cpu()
-        self.max_base = torch.maximum(self.max_base, base.max(0).values.double().cpu())
-        self.max_ft = torch.maximum(self.max_ft, ft.max(0).values.double().cpu())
+        d_sae, dev = base.shape[1], base.device
+        half = (rows.to(dev) % 2).long()
+        self.n += torch.bincount(half, minlength=2).double().cpu()
+        log = lambda v: torch.log10(v.clamp(min=0) + LOG_EPS)  # noqa: E731
+        sums = torch.zeros(5, 2 * d_sae, dtype=torch.float64, device=dev)  # per (half, latent): sx, sy, sxx, syy, sxy
+        err = torch.zeros(d_sae, dtype=torch.float64, device=dev)
+        cross = torch.zeros(d_sae, dtype=torch.float64, device=dev)
+        zeros = torch.zeros(d_sae, dtype=torch.float64, device=dev)
+        # entries where the base latent is non-zero: its sums, the cross-sums, the log error there
+        a = ActiveLatents.of(base) if active_base is None else active_base
+        b, f_at_b = a.value.double(), ft.take(a.position * d_sae + a.latent).double()
+        key = half[a.position] * d_sae + a.latent
+        sums[0].index_add_(0, key, b)
+        sums[2].index_add_(0, key, b * b)
+        sums[4].index_add_(0, key, b * f_at_b)
+        cross.index_add_(0, a.latent, b * ft.take(a.position * d_sae + self.partner.to(dev)[a.latent]).double())
+        err.index_add_(0, a.latent, (log(b) - log(f_at_b)).abs())
+        max_base = zeros.scatter_reduce(0, a.latent, b, "amax")
+        # entries where the finetune latent is non-zero: its sums, and the log error where the base one is 0
+        a = ActiveLatents.of(ft) if active_ft is None else active_ft
+        f, b_at_f = a.value.double(), base.take(a.position * d_sae + a.latent)
+        key = half[a.position] * d_sae + a.latent
+        sums[1].index_add_(0, key, f)
+        sums[3].index_add_(0, key, f * f)
+        only_ft = b_at_f == 0
+        err.index_add_(0, a.latent[only_ft], (log(f[only_ft]) - math.log10(LOG_EPS)).abs())
+        max_ft = zeros.scatter_reduce(0, a.latent, f, "amax")
+        self.sums += sums.view(5, 2, d_sae).transpose(0, 1).cpu()
+        self.cross_partner += cross.cpu()
+        self.log_abs_err += err.cpu()
+        self.max_base = torch.maximum(self.max_base, max_base.cpu())
+        self.max_ft = torch.maximum(self.max_ft, max_ft.cpu())
 
     def correlations(self, half: int | None = None) -> Float[Tensor, " s"]:
         """Per-latent r over all rows, or over one half of them."""

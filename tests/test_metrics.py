@@ -154,6 +154,53 @@ def test_non_finite_inputs_never_count_as_active_or_reach_a_histogram():
     assert sum(hist.result().counts) == 2
 
 
+def _sparse_latents(gen: torch.Generator, n: int, s: int) -> torch.Tensor:
+    """Mostly-zero latents with dead columns and a few negative entries (not every architecture is ReLU)."""
+    feats = torch.relu(torch.randn(n, s, generator=gen) - 1.2) * 3
+    feats[:, 0] = 0.0
+    feats[: n // 3, 1] = -0.5
+    return feats
+
+
+@settings(max_examples=20)
+@given(st.integers(0, 2**31 - 1), st.integers(2, 40))
+def test_latent_pair_sums_over_non_zero_entries_equal_the_dense_computation(seed, n):
+    """The sparse update (non-zero entries only) against the definitions over every entry, in two batches."""
+    gen = torch.Generator().manual_seed(seed)
+    s = 7
+    base, ft = _sparse_latents(gen, n, s), _sparse_latents(gen, n, s)
+    ft[:, 2] = 0.0  # dead on the finetune only
+    rows = torch.arange(n) // 3 + 5
+    partner = torch.randperm(s, generator=gen)
+    acc = metrics.LatentPairAccumulator(s, partner)
+    acc.update(base[: n // 2], ft[: n // 2], rows[: n // 2])
+    acc.update(base[n // 2 :], ft[n // 2 :], rows[n // 2 :])
+    b, f = base.double(), ft.double()
+    for half in (0, 1):
+        sel = rows % 2 == half
+        x, y = b[sel], f[sel]
+        expected = torch.stack([x.sum(0), y.sum(0), (x * x).sum(0), (y * y).sum(0), (x * y).sum(0)])
+        torch.testing.assert_close(acc.sums[half], expected, rtol=1e-12, atol=1e-12)
+        assert float(acc.n[half]) == float(sel.sum())
+    torch.testing.assert_close(acc.cross_partner, (b * f[:, partner]).sum(0), rtol=1e-12, atol=1e-12)
+    log = lambda v: torch.log10(v.clamp(min=0) + metrics.LOG_EPS)  # noqa: E731
+    torch.testing.assert_close(acc.log_abs_err, (log(b) - log(f)).abs().sum(0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(acc.max_base, b.max(0).values.clamp(min=0), rtol=0, atol=0)
+    torch.testing.assert_close(acc.max_ft, f.max(0).values.clamp(min=0), rtol=0, atol=0)
+
+
+@settings(max_examples=20)
+@given(st.integers(0, 2**31 - 1))
+def test_l0_l1_and_densities_count_exactly_the_non_zero_latents(seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(30, 4, generator=gen)
+    feats = _sparse_latents(gen, 30, 9)
+    out = recon(x, x * 0.5, feats)
+    assert out["l0"] == pytest.approx(float((feats != 0).sum(-1).double().mean()))
+    assert out["l1"] == pytest.approx(float(feats.abs().sum(-1).double().mean()))
+    assert out["dead_fraction"] == pytest.approx(float(((feats != 0).sum(0) == 0).double().mean()))
+
+
 @settings(max_examples=20, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(1, 60), st.sampled_from([0, 2]))
 def test_downstream_terms_in_blocks_match_the_direct_log_softmax(seed, n, extra_vocab):
