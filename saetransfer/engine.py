@@ -18,7 +18,6 @@ Below `masking.KEPT_FLOOR` the pair is `not judged`, with the masked share per c
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import platform
@@ -592,10 +591,10 @@ def _batch_step(members: Sequence[_Member], models: dict[str, Any], acts: dict[s
         sl = slice(lo, lo + chunk)
         cleans = {r: metrics.CleanDistribution.from_logits(_final_logits(models[r].model, clean_final[r][sl]),
                                                            ablated[r, first], keep_vocab) for r in model_roles}
+        against = {(r, s): cleans[r] if s == first else cleans[r].with_ablation(ablated_lp[r, s])
+                   for r in model_roles for s in masks}  # the zero-ablation baseline is the hook's own
         for (model_role, index), (s, final) in finals.items():
-            clean = cleans[model_role]
-            if s != first:  # the zero-ablation baseline is the hook's own
-                clean = dataclasses.replace(clean, ablated_log_probs=ablated_lp[model_role, s])
+            clean = against[model_role, s]
             pass_terms[model_role, index].append(metrics.downstream_terms(
                 clean, _final_logits(models[model_role].model, final[sl]), targets[sl], keep_vocab))
     empty = torch.zeros(0, len(metrics.DOWNSTREAM_COLUMNS), dtype=torch.float64, device=union.device)

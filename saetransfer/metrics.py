@@ -17,6 +17,8 @@ Definitions (SAELens `sae_lens/evals.py` where it has one):
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass
 
@@ -338,6 +340,13 @@ class CleanDistribution:
         neg = torch.cat(neg_entropy)
         return cls(blocks, tuple(log_probs), tuple(probs), neg, torch.cat(dropped) if dropped else torch.zeros_like(neg),
                    ablated, torch.cat(kl_ablation))
+
+    def with_ablation(self, ablated_log_probs: Float[Tensor, " v"]) -> CleanDistribution:
+        """The same clean distribution against another zero-ablation baseline (another hook's): the KL to
+        the ablation is recomputed with it, never carried over."""
+        kl = torch.cat([h - p @ ablated_log_probs for h, p in zip(self.neg_entropy.split(
+            [b.stop - b.start for b in self.blocks]), self.probs)])
+        return dataclasses.replace(self, ablated_log_probs=ablated_log_probs, kl_ablation=kl)
 
 
 DOWNSTREAM_COLUMNS = ("n_ce", "n_kl", "ce_clean", "ce_sae", "ce_abl", "kl_sae", "kl_abl", "dropped")

@@ -312,6 +312,13 @@ def group_of(pair: Pair) -> tuple[Pair, ...]:
     return members if pair in members else (pair,)
 
 
+def pass_cost(pair: Pair) -> int:
+    """A relative estimate of the work of `pair`'s streaming pass: tokens x SAE splices over its group (each
+    evaluation splices its SAE into both models and, norm-matched, into the other, plus its native SAE),
+    so that a scheduler can start the largest passes first."""
+    return sum(p.n_tokens * (3 + (p.native_sae is not None)) for p in group_of(pair))
+
+
 # ---------------------------------------------------------------------------------------------
 # parsing
 

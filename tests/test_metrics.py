@@ -230,3 +230,20 @@ def test_downstream_terms_in_blocks_match_the_direct_log_softmax(seed, n, extra_
                             torch.where(has, -la[t], 0.0), (lp.exp() * (lp - lq)).sum(-1), (lp.exp() * (lp - la)).sum(-1),
                             torch.where(has, dropped, 0.0)], dim=-1)
     torch.testing.assert_close(terms, expected, rtol=1e-4, atol=2e-5)
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(1, 30))
+def test_another_hooks_ablation_baseline_replaces_every_term_that_uses_it(seed, n):
+    """One clean distribution serves splices at several hooks, each against its own hook's zero ablation:
+    CE and KL to the ablation follow the baseline swapped in (a KL carried over from the first hook's
+    baseline gave the layer-3 splices of the zoo's code pair a KL score of 0.80 instead of 0.91)."""
+    gen = torch.Generator().manual_seed(seed)
+    keep = 13
+    clean, spliced = torch.randn(n, keep, generator=gen) * 3, torch.randn(n, keep, generator=gen)
+    first, other = torch.randn(keep, generator=gen) * 2, torch.randn(keep, generator=gen) * 2
+    targets = torch.randint(0, keep, (n,), generator=gen)
+    dist = metrics.CleanDistribution.from_logits(clean, first, keep)
+    other_lp = metrics.token_log_probs(other.unsqueeze(0), keep)[0].squeeze(0)
+    swapped = metrics.downstream_terms(dist.with_ablation(other_lp), spliced, targets, keep)
+    direct = metrics.downstream_terms(metrics.CleanDistribution.from_logits(clean, other, keep), spliced, targets, keep)
+    torch.testing.assert_close(swapped, direct, rtol=1e-5, atol=1e-6)

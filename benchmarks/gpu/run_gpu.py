@@ -252,8 +252,9 @@ def bench_child(work: Path) -> dict[str, Any]:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     layer = shape["hook_layer"]
-    floor = measure_floor([(base.model, [Splice(sae.sae)]), (ft.model, [Splice(sae.sae), Splice(sae.sae, 1.1)])],
-                          sample.tokens, layer, shape["batch_size"], device=device)
+    floor = measure_floor([(base.model, [Splice(sae.sae, layer)]),
+                           (ft.model, [Splice(sae.sae, layer), Splice(sae.sae, layer, 1.1)])],
+                          sample.tokens, shape["batch_size"], device=device)
     if cuda:
         floor["peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
         torch.cuda.reset_peak_memory_stats()
