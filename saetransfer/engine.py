@@ -785,5 +785,6 @@ def run(pair: Pair, config: RunConfig, *, refresh: bool = False) -> PairResult:
     def compute(test_ids: Sequence[str]) -> dict[str, PairResult]:
         return evaluate_group([by_id[t] for t in test_ids], [configs[t] for t in test_ids])
 
-    wanted = [pair.test_id] if refresh else list(keys)
-    return cached_results(cache_dir() / "results", {t: keys[t] for t in wanted}, compute, refresh=refresh)[pair.test_id]
+    group_keys = {pair.test_id: keys[pair.test_id]} if refresh else keys
+    return cached_results(cache_dir() / "results", group_keys, compute, refresh=refresh,
+                          wanted=[pair.test_id])[pair.test_id]

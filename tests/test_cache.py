@@ -151,3 +151,25 @@ def test_under_pytest_a_rejected_entry_is_reported_not_fatal(tmp_path: Path) -> 
     entry(tmp_path).write_bytes(b"\x00garbage")
     assert cache.cached_result(tmp_path, KEY, compute) == RESULT  # raises if the warning were an error
     assert compute.calls == 2
+
+
+def test_a_group_member_reads_only_its_own_entry_and_a_damaged_sibling_is_recomputed_when_wanted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = {"a": KEY, "b": "f" * 32}
+    calls: list[list[str]] = []
+
+    def compute(names: list[str]) -> dict[str, PairResult]:
+        calls.append(names)
+        return dict.fromkeys(names, RESULT)
+
+    assert cache.cached_results(tmp_path, keys, compute, wanted=["a"]) == {"a": RESULT}
+    assert calls == [["a", "b"]]  # one pass computes the group, each entry stored
+    decoded: list[bytes] = []
+    real = cache.decode_entry
+    monkeypatch.setattr(cache, "decode_entry", lambda data: decoded.append(data) or real(data))
+    (tmp_path / f"{keys['b']}.json").write_bytes(b"damaged")
+    assert cache.cached_results(tmp_path, keys, compute, wanted=["a"]) == {"a": RESULT}
+    assert len(decoded) == 1 and calls == [["a", "b"]]  # b is present, so neither read nor recomputed
+    with pytest.warns(cache.CacheEntryWarning, match="rejected"):
+        assert cache.cached_results(tmp_path, keys, compute, wanted=["b"]) == {"b": RESULT}
+    assert calls == [["a", "b"], ["b"]]
