@@ -171,17 +171,21 @@ class _SideSums:
         self.worst_recon = _TopK()
 
     def accumulate(self, x: Float[Tensor, "n d"], encoded: dict[str, _Encoded], terms: dict[str, Float[Tensor, "n k"]],
-                   rows: Int[Tensor, " n"], positions: Int[Tensor, " n"]) -> None:
+                   rows: Int[Tensor, " n"], positions: Int[Tensor, " n"]) -> metrics.ActiveLatents:
+        """Returns the evaluated SAE's non-zero latents here, which the latent-pair sums read too."""
+        active = {}
         for s in self.splices:
             enc = encoded[s.name]
-            self.recon[s.name].update(x, enc.x_hat, enc.feats, rows)
+            active[s.name] = metrics.ActiveLatents.of(enc.feats)
+            self.recon[s.name].update(x, enc.x_hat, enc.feats, rows, active[s.name])
             self.down[s.name].update(terms[s.name], rows)
         if not self.track_worst:
-            return
+            return active["base"]
         base = encoded["base"]
         err = ((x.float() - base.x_hat.float()) ** 2).sum(-1) / (x.float() ** 2).sum(-1).clamp(min=1e-12)
         self.worst_recon.update(err, rows, positions)
         self.worst_kl.update(terms["base"][:, 5], rows, positions)
+        return active["base"]
 
     def metrics_of(self, name: str) -> SaeMetrics:
         out: dict[str, Any] = {**self.recon[name].result(), **self.down[name].result()}
@@ -638,11 +642,12 @@ def _accumulate(m: _Member, acts: dict[str, dict[int, Tensor]], batch: Tensor, r
     rows = r + row
     x = {role: acts[role][m.start] for role in m.sides}
     at_kept = kept[cand]  # kept positions among the candidates the encodings cover
+    feats, nonzero = {}, {}
     for role, side in m.sides.items():
         enc = {sp.name: work.encoded(role, m.start, sp).subset(at_kept) for sp in side.splices}
-        side.accumulate(x[role][kept], enc, {k: v[keep] for k, v in terms[role].items()}, rows, p)
-    m.latents.update(work.encoded(m.home, m.start, m.sides[m.home].splices[0]).feats[at_kept],
-                     work.encoded(m.away, m.start, m.sides[m.away].splices[0]).feats[at_kept], rows)
+        nonzero[role] = side.accumulate(x[role][kept], enc, {k: v[keep] for k, v in terms[role].items()}, rows, p)
+        feats[role] = enc["base"].feats
+    m.latents.update(feats[m.home], feats[m.away], rows, nonzero[m.home], nonzero[m.away])
     b = int(active[:, 0].sum())  # this evaluation's rows of the batch
     fin = mask[f"fin_{m.home}"] & mask[f"fin_{m.away}"]
     m.similarity.update(x[m.home][:b], x[m.away][:b], kept[:b], fin[:b], row)

@@ -330,7 +330,7 @@ class CleanDistribution:
         log_probs, probs, neg_entropy, kl_ablation, dropped = [], [], [], [], []
         for rows in blocks:  # inlined per block: no type-checked call inside the loop
             lp, p = torch.log_softmax(kept[rows], dim=-1), torch.softmax(kept[rows], dim=-1)  # softmax: cheaper than exp
-            h = (p * lp).sum(-1)
+            h = torch.linalg.vecdot(p, lp)  # Σ_v p log p
             log_probs.append(lp)
             probs.append(p)
             neg_entropy.append(h)
@@ -364,7 +364,7 @@ def downstream_terms(clean: CleanDistribution, spliced: Float[Tensor, "n v"], ta
     kl_sae, nll_sae, nll_clean = [], [], []
     for rows, lp, p in zip(clean.blocks, clean.log_probs, clean.probs):  # inlined: no type-checked call in the loop
         log_q = torch.log_softmax(spliced[rows], dim=-1)
-        kl_sae.append(clean.neg_entropy[rows] - (p * log_q).sum(-1))
+        kl_sae.append(clean.neg_entropy[rows] - torch.linalg.vecdot(p, log_q))  # Σ_v p log q (faster than (p * log_q).sum on CPU)
         nll_sae.append(-log_q.gather(-1, t[rows]).squeeze(-1))
         nll_clean.append(-lp.gather(-1, t[rows]).squeeze(-1))
     kl = torch.cat(kl_sae)
