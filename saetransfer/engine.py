@@ -18,6 +18,7 @@ Below `masking.KEPT_FLOOR` the pair is `not judged`, with the masked share per c
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import platform
@@ -82,7 +83,8 @@ def _normalisation_warnings(sae: Any) -> list[str]:
     return []
 
 
-def library_versions() -> dict[str, str]:
+@functools.cache  # installed versions do not change under a running process; every result key reads them
+def _installed_versions() -> tuple[tuple[str, str], ...]:
     from importlib.metadata import PackageNotFoundError, version
 
     import saetransfer
@@ -94,8 +96,12 @@ def library_versions() -> dict[str, str]:
             return "not installed"
 
     names = ("torch", "sae-lens", "transformer-lens", "transformers")
-    return {"python": platform.python_version(), "saetransfer": saetransfer.__version__,
-            **{n: installed(n) for n in names}}
+    return (("python", platform.python_version()), ("saetransfer", saetransfer.__version__),
+            *((n, installed(n)) for n in names))
+
+
+def library_versions() -> dict[str, str]:
+    return dict(_installed_versions())
 
 
 class _TopK:
