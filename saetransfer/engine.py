@@ -152,7 +152,14 @@ class _Encoded:
     x_hat: Float[Tensor, "n d"]
     finite: Bool[Tensor, " n"]
 
+    @functools.cached_property
+    def active(self) -> metrics.ActiveLatents:
+        """The non-zero latents, found once however many evaluations read this encoding."""
+        return metrics.ActiveLatents.of(self.feats)
+
     def subset(self, keep: Bool[Tensor, " n"]) -> _Encoded:
+        if bool(keep.all()):  # the usual case (every candidate kept): no copy of the [n, d_sae] latents
+            return self
         return _Encoded(self.feats[keep], self.x_hat[keep], self.finite[keep])
 
 
@@ -182,7 +189,7 @@ class _SideSums:
         active = {}
         for s in self.splices:
             enc = encoded[s.name]
-            active[s.name] = metrics.ActiveLatents.of(enc.feats)
+            active[s.name] = enc.active
             self.recon[s.name].update(x, enc.x_hat, enc.feats, rows, active[s.name])
             self.down[s.name].update(terms[s.name], rows)
         if not self.track_worst:
