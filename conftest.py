@@ -5,7 +5,8 @@ Sections:
 1. Offline by default: HF_HUB_OFFLINE is set before anything imports huggingface_hub, unless --hub.
 2. Options: --gpu, --hub, --tokens, --registry, --refresh, --require-snapshots.
 3. Session fixtures: device, dtype, run options, the registry.
-4. Markers: `gpu` tests are skipped (not deselected) without --gpu, so they stay visible in -rs.
+4. Scheduling (longest work first, for xdist) and markers: `gpu` tests are skipped (not deselected) without
+   --gpu, so they stay visible in -rs.
 
 This module imports neither torch nor saetransfer at module level: jaxtyping's import hook and the
 offline switch must be in place before they are first imported.
@@ -142,7 +143,31 @@ def registry(pytestconfig: pytest.Config):
 
 
 # 4. ---------------------------------------------------------------------------------------------
+def _schedule(items: list[pytest.Item]) -> None:
+    """Longest work first, so that no worker is left with a long tail: the `slow` unit tests, then the
+    findings' passes, largest first (`registry.pass_cost`), then the other tests, cross-pair findings last
+    (stable within each). With `--no-loadscope-reorder` (pytest.ini) xdist hands out its groups in this
+    order; its own order (by number of tests) left the zoo's largest pass for the end, the other worker
+    idle. A cross-pair test reads every pair's result: scheduled early it would wait on other workers."""
+    from saetransfer.registry import pass_cost
+
+    costs: dict[str, int] = {}
+
+    def key(item: pytest.Item) -> tuple[int, int]:
+        pair = getattr(item, "callspec", None) and item.callspec.params.get("pair")
+        if pair is not None:
+            if pair.group_id not in costs:
+                costs[pair.group_id] = pass_cost(pair)
+            return 1, -costs[pair.group_id]
+        if item.path.name == "test_cross_pair.py":
+            return 3, 0
+        return (0 if item.get_closest_marker("slow") else 2), 0
+
+    items.sort(key=key)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _schedule(items)
     if config.getoption("--gpu"):
         return
     skip_gpu = pytest.mark.skip(reason="needs --gpu (a CUDA machine; too large for a CPU run)")

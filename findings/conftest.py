@@ -47,28 +47,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("pair", params)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The largest passes first, cross-pair findings last (stable within a pass).
-
-    With `--no-loadscope-reorder` (pytest.ini) xdist hands out the groups in this order, so the longest
-    pass starts first instead of last (xdist's own order, by number of tests, left the zoo's largest pass
-    for the end, with the other worker idle). A cross-pair test reads every pair's result: scheduled early
-    it would wait on passes other workers are computing."""
-    from saetransfer.registry import pass_cost
-
-    costs: dict[str, int] = {}
-
-    def key(item: pytest.Item) -> tuple[bool, int]:
-        pair = getattr(item, "callspec", None) and item.callspec.params.get("pair")
-        if pair is None:
-            return item.path.name == "test_cross_pair.py", 0
-        if pair.group_id not in costs:
-            costs[pair.group_id] = pass_cost(pair)
-        return False, -costs[pair.group_id]
-
-    items.sort(key=key)
-
-
 @pytest.fixture(scope="session")
 def run_config(pytestconfig: pytest.Config) -> dict[str, Any]:
     """This session's options; `RunConfig.for_pair(pair, **run_config)` turns them into a pair's config."""
