@@ -193,7 +193,8 @@ def _collect_claims(report: pytest.TestReport) -> None:
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call":
         _collect_claims(report)
-    match = re.match(r".*::test_(finding\d\w*)\[(.+)\]$", report.nodeid)
+    # under `--dist loadgroup` xdist appends `@<group>` to the node id (pytest-xdist's remote.py)
+    match = re.match(r".*::test_(finding\d\w*)\[(.+)\](?:@[^\[\]]*)?$", report.nodeid)
     if not match or (report.when != "call" and not (report.when == "setup" and report.outcome != "passed")):
         return
     finding, test_id = match.groups()
