@@ -467,7 +467,7 @@ def decide(*, base: SaeQuality, finetune: SaeQuality, architecture: str, native:
     broken = base_flags + _gate(b, d_sae, t)
     if broken:
         return VerdictResult("unusable", (
-            "unusable: the SAE fails on the base model itself (wrong hook, weight processing or normalisation?)",
+            "unusable: the SAE fails on the base model itself (wrong hook, weight processing or normalisation, or an SAE trained on another model?)",
             *broken))
 
     arch = architecture.strip().lower()
