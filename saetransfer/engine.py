@@ -101,6 +101,7 @@ def _installed_versions() -> tuple[tuple[str, str], ...]:
 
 
 def library_versions() -> dict[str, str]:
+    """Python, saetransfer and the model libraries' versions, as a result's provenance and cache key name them."""
     return dict(_installed_versions())
 
 
