@@ -150,19 +150,14 @@ class _CountForwards:
 # timing helpers
 
 
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _timed(fn: Callable[[], Any], device: str) -> tuple[float, float, Any]:
     """(wall s, process CPU s, fn's value)."""
-    _sync(device)
+    from floor import synchronize
+
+    synchronize(device)
     wall, cpu = time.perf_counter(), time.process_time()
     value = fn()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - wall, time.process_time() - cpu, value
 
 
@@ -193,7 +188,7 @@ def post_emulation(pair: Any, inputs: dict[str, Any], splices: list[Splice]) -> 
     import torch
 
     from saetransfer import loading
-    from saetransfer.engine import CALIBRATION_BATCHES
+    from saetransfer.engine import CALIBRATION_BATCHES, _special_ids, _threshold
     from saetransfer.features import DEAD_CAP, REGULAR_CAP, REGULAR_RANGE, TRANSFERRED_CORRELATION, partner_permutation
     from saetransfer.metrics import DENSE_THRESHOLD, LOG_EPS
 
@@ -234,21 +229,13 @@ def post_emulation(pair: Any, inputs: dict[str, Any], splices: list[Splice]) -> 
         acts = {role: torch.cat([to_hook(m, b.to(device)).float().cpu() for b in batches]) for role, m in models.items()}
 
         # §4.1 outliers (find_outlier_norms): a pass per model over the calibration batches, each model's own mean norm
-        tok = base_tok
-        special_ids = {i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None}
-        special_ids |= set(getattr(tok, "all_special_ids", []) or [])
-        special = torch.tensor(sorted(special_ids), dtype=torch.long)
+        special = _special_ids(base_tok)  # our masks, not the post's
         cal = batches[:CALIBRATION_BATCHES]
         cal_ok = ~torch.isin(torch.cat(cal), special)
         cal_norms = {role: torch.cat([to_hook(m, b.to(device)).float().norm(dim=-1).cpu() for b in cal])[cal_ok].double()
                      for role, m in models.items()}
-        policy = pair.outliers
-        threshold, mean_norm = {}, {}
-        for role, n in cal_norms.items():
-            mean_norm[role] = float(n[torch.isfinite(n)].mean())
-            absolute = policy.absolute_finetune if role == "finetune" and policy.absolute_finetune is not None \
-                else policy.absolute
-            threshold[role] = absolute if absolute is not None else policy.relative * mean_norm[role]
+        threshold = {role: _threshold(pair, role, float(n[torch.isfinite(n)].mean()))[0]
+                     for role, n in cal_norms.items()}
         nb, nf = cal_norms["base"], cal_norms["finetune"]
         both = torch.isfinite(nb) & torch.isfinite(nf) & (nb <= threshold["base"]) & (nf <= threshold["finetune"])
         scale = float(nb[both].mean() / nf[both].mean()) if both.any() else 1.0
@@ -352,7 +339,6 @@ def post_emulation(pair: Any, inputs: dict[str, Any], splices: list[Splice]) -> 
 
     # §4 metrics over the kept positions, from the host arrays
     n = float(kept.sum())
-    n_ce = float(ce_at.sum())
     for s in splices:
         pp, x = per_pos[s.name], acts[s.model][kept].double()
         d_in = x.shape[-1]
@@ -769,8 +755,7 @@ def measure(pair_id: str, dataset: str | None, axes: str, n_tokens: int, *, gpu:
                              by_part=False)["seconds"]
 
     with _CountForwards(type(models["base"].model)) as counter:  # also the floor's warm-up
-        measure_floor(floor_models, tokens[:n_rows], pairs[0].batch_size, device=config.device, warmup=False,
-                      by_part=False)
+        floor()
     if counter.count != box["ours_forwards"]:
         raise AssertionError(f"the floor ran {counter.count} forwards from a hook, the engine {box['ours_forwards']}: "
                              "floor_splices misses a splice the engine ran (or runs one it does not)")

@@ -344,8 +344,7 @@ class CleanDistribution:
     def with_ablation(self, ablated_log_probs: Float[Tensor, " v"]) -> CleanDistribution:
         """The same clean distribution against another zero-ablation baseline (another hook's): the KL to
         the ablation is recomputed with it, never carried over."""
-        kl = torch.cat([h - p @ ablated_log_probs for h, p in zip(self.neg_entropy.split(
-            [b.stop - b.start for b in self.blocks]), self.probs)])
+        kl = torch.cat([self.neg_entropy[rows] - p @ ablated_log_probs for rows, p in zip(self.blocks, self.probs)])
         return dataclasses.replace(self, ablated_log_probs=ablated_log_probs, kl_ablation=kl)
 
 

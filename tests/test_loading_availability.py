@@ -98,12 +98,18 @@ def test_uncached_hub_pair_offline() -> None:
         "base: offline: google/gemma-2b is not in the HF cache (pass --hub to download; gated: set HF_TOKEN)")
 
 
-def test_cached_hub_pair_is_available_offline(hf_cache: Path, tmp_path: Path) -> None:
-    """Models (config + weights), the SAE's folder and the dataset found in the HF cache: nothing missing."""
+def _model_files(tmp_path: Path) -> Path:
+    """What availability looks for in a cached model: a config and a weights file."""
     model = tmp_path / "files" / "model"
     model.mkdir(parents=True)
     (model / "config.json").write_text("{}")
     (model / "model.safetensors").write_bytes(b"")
+    return model
+
+
+def test_cached_hub_pair_is_available_offline(hf_cache: Path, tmp_path: Path) -> None:
+    """Models (config + weights), the SAE's folder and the dataset found in the HF cache: nothing missing."""
+    model = _model_files(tmp_path)
     for repo in ("google/gemma-2b", "shahdishank/gemma-2b-it-finetune-python-codes"):
         fake_hub_cache(hf_cache, repo, model)
     assert availability(HUB_PAIR, allow_hub=False).startswith("sae: offline: jbloom/Gemma-2b-Residual-Stream-SAEs")
@@ -168,10 +174,7 @@ def test_a_gemma_3_pair_offline_says_what_it_lacks(hf_cache: Path, tmp_path: Pat
 
     assert availability(GEMMA3_PAIR, allow_hub=False) == (
         "base: offline: google/gemma-3-270m is not in the HF cache (pass --hub to download; gated: set HF_TOKEN)")
-    model = tmp_path / "files" / "model"
-    model.mkdir(parents=True)
-    (model / "config.json").write_text("{}")
-    (model / "model.safetensors").write_bytes(b"")
+    model = _model_files(tmp_path)
     for repo in ("google/gemma-3-270m", "google/gemma-3-270m-it"):
         fake_hub_cache(hf_cache, repo, model)
     assert availability(GEMMA3_PAIR, allow_hub=False).startswith(
