@@ -151,17 +151,24 @@ class _Splice:
 class _Encoded:
     feats: Float[Tensor, "n s"]
     x_hat: Float[Tensor, "n d"]
-    finite: Bool[Tensor, " n"]
 
     @functools.cached_property
     def active(self) -> metrics.ActiveLatents:
         """The non-zero latents, found once however many evaluations read this encoding."""
         return metrics.ActiveLatents.of(self.feats)
 
+    @functools.cached_property
+    def finite(self) -> Bool[Tensor, " n"]:
+        """Positions whose latents and reconstruction are all finite. NaN and inf are non-zero, so the
+        latents' check reads only the active entries instead of the [n, d_sae] matrix."""
+        bad = torch.zeros(self.feats.shape[0], dtype=torch.bool, device=self.feats.device)
+        bad[self.active.position[~torch.isfinite(self.active.value)]] = True
+        return ~bad & torch.isfinite(self.x_hat).all(-1)
+
     def subset(self, keep: Bool[Tensor, " n"]) -> _Encoded:
         if bool(keep.all()):  # the usual case (every candidate kept): no copy of the [n, d_sae] latents
             return self
-        return _Encoded(self.feats[keep], self.x_hat[keep], self.finite[keep])
+        return _Encoded(self.feats[keep], self.x_hat[keep])
 
 
 def _encode(splice: _Splice, x: Float[Tensor, "n d"]) -> _Encoded:
@@ -169,7 +176,7 @@ def _encode(splice: _Splice, x: Float[Tensor, "n d"]) -> _Encoded:
     feats = sae.encode((x * scale).to(sae.dtype) if scale != 1.0 else x.to(sae.dtype))
     x_hat = sae.decode(feats)
     x_hat = x_hat / scale if scale != 1.0 else x_hat
-    return _Encoded(feats, x_hat, torch.isfinite(feats).all(-1) & torch.isfinite(x_hat).all(-1))
+    return _Encoded(feats, x_hat)
 
 
 class _SideSums:

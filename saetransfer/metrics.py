@@ -160,7 +160,7 @@ RECONSTRUCTION_COLUMNS = ("n", "sse", "sum_sq", "sum_elems", "cossim", "l2_ratio
 
 def _nonzero_entries(m: Float[Tensor, "n s"]) -> tuple[Int[Tensor, " k"], Int[Tensor, " k"], Int[Tensor, " k"]]:
     """(flat index, row, column) of the non-zero entries of a matrix (flat indices suit `Tensor.take`)."""
-    flat = (m != 0).reshape(-1).nonzero().squeeze(1)
+    flat = m.reshape(-1).nonzero().squeeze(1)  # NaN and inf are non-zero too, so they stay visible
     return flat, flat // m.shape[1], flat % m.shape[1]
 
 

@@ -278,3 +278,13 @@ def test_logits_are_formed_a_chunk_of_positions_at_a_time(models, monkeypatch):
         for key in ("ce_clean", "ce_spliced", "ce_ablation", "kl_spliced", "kl_ablation", "ce_loss_score",
                     "kl_div_score"):
             assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-6, abs=1e-9), (side, key)
+
+
+def test_non_finite_latents_or_reconstructions_mark_their_positions() -> None:
+    feats = torch.zeros(5, 8)
+    feats[0, 3], feats[1, 2], feats[2, 7], feats[4, 0] = 1.5, math.nan, math.inf, -math.inf
+    x_hat = torch.ones(5, 4)
+    x_hat[3, 1] = math.nan
+    encoded = engine._Encoded(feats, x_hat)
+    assert encoded.finite.tolist() == [True, False, False, False, False]
+    assert encoded.subset(torch.tensor([True, False, False, True, True])).finite.tolist() == [True, False, False]
