@@ -3,8 +3,9 @@
 Per batch, for each model: run up to the SAE hook once, then run the rest of the model from the hook
 (`start_at_layer`): clean, with the base SAE spliced in, with the finetune-native SAE (where the pair
 has one) and, on the finetune, with the base SAE norm-matched. Zero ablation makes every position's
-residual identical, so its logits are one vector per model. Logits are formed in chunks of positions
-from the final residual, so a 256k vocabulary never needs a `[batch, pos, vocab]` tensor. Accumulators
+residual identical, so its logits are one vector per model. Logits are formed a block of positions at a
+time from the final residual, and every CE/KL term of a block is taken while they are in cache
+(`metrics.downstream_terms`), so a 256k vocabulary never needs a `[batch, pos, vocab]` tensor. Accumulators
 keep fixed-size float64 sums per row (`metrics.RowSums`), which also give the bootstrap intervals.
 
 Masking (the union over both models; masked positions keep their clean activation in every spliced
@@ -105,6 +106,10 @@ def library_versions() -> dict[str, str]:
     return dict(_installed_versions())
 
 
+def _rank_key(item: tuple[float, int, int]) -> tuple[float, int, int]:
+    return -float(f"{item[0]:.{TIE_DIGITS}g}"), item[1], item[2]
+
+
 class _TopK:
     """The k largest scores seen so far, with their (row, position); near-ties ordered by (row, position)."""
 
@@ -115,23 +120,40 @@ class _TopK:
     def update(self, scores: Float[Tensor, " n"], rows: Int[Tensor, " n"], positions: Int[Tensor, " n"]) -> None:
         scores = scores.float()
         finite = torch.isfinite(scores)
-        scores, rows, positions = scores[finite], rows[finite], positions[finite]
-        if scores.numel() == 0:
+        if not bool(finite.any()):
             return
-        k = min(self.k, scores.numel())
-        kth = torch.topk(scores, k).values[-1]
-        take = scores >= kth  # every tie of the k-th value, so the choice among ties is ours
+        if len(self.items) == self.k:  # usual after the first batches: nothing here ranks above the k-th kept
+            best = float(scores.where(finite, -math.inf).max())
+            if _rank_key((best, 0, 0))[0] > _rank_key(self.items[-1])[0]:
+                return
+        if not bool(finite.all()):
+            scores, rows, positions = scores[finite], rows[finite], positions[finite]
+        kth = torch.topk(scores, min(self.k, scores.numel())).values[-1]
+        take = (scores >= kth).nonzero().squeeze(1)  # every tie of the k-th value, so the choice among ties is ours
         new = list(zip(scores[take].tolist(), rows[take].tolist(), positions[take].tolist()))
-        key = lambda t: (-float(f"{t[0]:.{TIE_DIGITS}g}"), t[1], t[2])  # noqa: E731
-        self.items = sorted(self.items + new, key=key)[: self.k]
+        self.items = sorted(self.items + new, key=_rank_key)[: self.k]
+
+
+def _unembedding(model: Any) -> metrics.Unembed:
+    """Final residuals after `ln_final` -> logits, as TransformerLens's `Unembed` (W_U, b_U) and its logit soft
+    cap (Gemma-2) compute them. One matrix product per block of positions: `Unembed.forward` copies W_U
+    transposed on every call, which for a block of positions costs more than the product."""
+    w, b = model.W_U, model.b_U
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+
+    def unembed(final: Tensor) -> Tensor:
+        logits = torch.addmm(b, final, w)
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+    return unembed
+
+
+def _final_normed(model: Any, final_resid: Float[Tensor, "n d"]) -> Float[Tensor, "n d"]:
+    return model.ln_final(final_resid.unsqueeze(0)).squeeze(0)
 
 
 def _final_logits(model: Any, final_resid: Float[Tensor, "n d"]) -> Float[Tensor, "n v"]:
-    logits = model.unembed(model.ln_final(final_resid.unsqueeze(0))).squeeze(0)
-    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
-    if cap > 0:  # Gemma-2 style soft-capping, applied by TransformerLens after the unembed
-        logits = cap * torch.tanh(logits / cap)
-    return logits
+    return _unembedding(model)(_final_normed(model, final_resid))
 
 
 @dataclass(frozen=True)
@@ -606,28 +628,29 @@ def _batch_step(members: Sequence[_Member], models: dict[str, Any], acts: dict[s
     uses = [{role: {sp.name: work.spliced_pass(role, m.start, sp, at) for sp in side.splices}
              for role, side in m.sides.items()} for m, _, _, at in plans]
     model_roles = ("base",) if same_model else ("base", "finetune")
-    first = min(masks)
     ablated_lp = {(r, s): metrics.token_log_probs(ablated[r, s].unsqueeze(0), keep_vocab)[0].squeeze(0)
                   for r in models for s in masks}
     chunk = max(1, LOGIT_CHUNK_ELEMENTS // max(models[r].model.cfg.d_vocab_out for r in models))
-    finals = {key: (s, final[union]) for key, (s, final) in work.passes().items()}  # at the positions scored
+    # at the positions scored, after ln_final: the logits are formed a block of positions at a time from these
+    clean_normed = {r: _final_normed(models[r].model, clean_final[r]) for r in model_roles}
+    finals = {key: (s, _final_normed(models[key[0]].model, final[union])) for key, (s, final) in work.passes().items()}
+    unembed = {r: _unembedding(models[r].model) for r in model_roles}
     pass_terms: dict[tuple[str, int], list[Tensor]] = {key: [] for key in finals}
     for lo in range(0, int(union.sum()), chunk):
         sl = slice(lo, lo + chunk)
-        cleans = {r: metrics.CleanDistribution.from_logits(_final_logits(models[r].model, clean_final[r][sl]),
-                                                           ablated[r, first], keep_vocab) for r in model_roles}
-        against = {(r, s): cleans[r] if s == first else cleans[r].with_ablation(ablated_lp[r, s])
-                   for r in model_roles for s in masks}  # the zero-ablation baseline is the hook's own
-        for (model_role, index), (s, final) in finals.items():
-            clean = against[model_role, s]
-            pass_terms[model_role, index].append(metrics.downstream_terms(
-                clean, _final_logits(models[model_role].model, final[sl]), targets[sl], keep_vocab))
+        for r in model_roles:  # the zero-ablation baseline of each pass is its own hook's
+            keys = [key for key in finals if key[0] == r]
+            terms = metrics.downstream_terms(clean_normed[r][sl], [finals[k][1][sl] for k in keys],
+                                             [ablated_lp[r, finals[k][0]] for k in keys], targets[sl], keep_vocab,
+                                             unembed[r])
+            for key, t in zip(keys, terms):
+                pass_terms[key].append(t)
     empty = torch.zeros(0, len(metrics.DOWNSTREAM_COLUMNS), dtype=torch.float64, device=union.device)
     joined = {key: torch.cat(t) if t else empty for key, t in pass_terms.items()}
     terms = [{role: {name: joined[key] for name, key in by.items()} for role, by in use.items()} for use in uses]
     for i, (m, active, sae_ok, spliced_at) in enumerate(plans):
-        at = spliced_at[union]
-        stacked = {role: {name: t[at] for name, t in by.items()} for role, by in terms[i].items()}
+        at = spliced_at[union].nonzero().squeeze(1)
+        stacked = {role: {name: t.index_select(0, at) for name, t in by.items()} for role, by in terms[i].items()}
         logits_ok = {}
         for role, by in stacked.items():
             ok = torch.ones(int(spliced_at.sum()), dtype=torch.bool, device=spliced_at.device)
@@ -662,17 +685,20 @@ def _accumulate(m: _Member, acts: dict[str, dict[int, Tensor]], batch: Tensor, r
     r, p = kept.nonzero(as_tuple=True)
     rows = r + row
     x = {role: acts[role][m.start] for role in m.sides}
+    x_kept = {role: a.flatten(0, 1).index_select(0, r * a.shape[1] + p) for role, a in x.items()}
     at_kept = kept[cand]  # kept positions among the candidates the encodings cover
+    keep_at = keep.nonzero().squeeze(1)
     feats, nonzero = {}, {}
     for role, side in m.sides.items():
         enc = {sp.name: work.encoded(role, m.start, sp).subset(at_kept) for sp in side.splices}
-        nonzero[role] = side.accumulate(x[role][kept], enc, {k: v[keep] for k, v in terms[role].items()}, rows, p)
+        nonzero[role] = side.accumulate(x_kept[role], enc, {k: v.index_select(0, keep_at) for k, v in terms[role].items()},
+                                        rows, p)
         feats[role] = enc["base"].feats
     m.latents.update(feats[m.home], feats[m.away], rows, nonzero[m.home], nonzero[m.away])
     b = int(active[:, 0].sum())  # this evaluation's rows of the batch
     fin = mask[f"fin_{m.home}"] & mask[f"fin_{m.away}"]
     m.similarity.update(x[m.home][:b], x[m.away][:b], kept[:b], fin[:b], row)
-    m.worst_cos.update(-metrics.cosine(x[m.home][kept], x[m.away][kept]), rows, p)
+    m.worst_cos.update(-metrics.cosine(x_kept[m.home], x_kept[m.away]), rows, p)
     ro, po = out_union.nonzero(as_tuple=True)
     norms = torch.maximum(mask[f"norm_{m.home}"], mask[f"norm_{m.away}"])
     m.outliers_top.update(norms[out_union], ro + row, po)

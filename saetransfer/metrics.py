@@ -17,9 +17,8 @@ Definitions (SAELens `sae_lens/evals.py` where it has one):
 
 from __future__ import annotations
 
-import dataclasses
-
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,7 +65,7 @@ class HistogramAccumulator:
 
     def update(self, values: Float[Tensor, " n"]) -> None:
         values = values.detach().double().cpu()
-        values = values[torch.isfinite(values)].clamp(self.low, self.high)
+        values = values.where(~values.isinf(), math.nan).clamp(self.low, self.high)  # ±inf dropped, as histc drops NaN
         self.counts += torch.histc(values, bins=self.bins, min=self.low, max=self.high)
 
     def result(self) -> Histogram:
@@ -124,8 +123,7 @@ class SimilarityAccumulator:
         rel = diff / base_norm.clamp(min=1e-12)
         norm_ratio = ft_norm / base_norm.clamp(min=1e-12)
         rows, _ = kept.nonzero(as_tuple=True)
-        values = torch.stack([torch.ones_like(cos[kept]), cos[kept], diff[kept], rel[kept], norm_ratio[kept],
-                              base_norm[kept], ft_norm[kept]], dim=-1)
+        values = torch.stack([torch.ones_like(cos), cos, diff, rel, norm_ratio, base_norm, ft_norm], dim=-1)[kept]
         self.rows.add(rows + row_offset, values)
         fin = finite.to(cos.device)
         zero = torch.zeros_like(cos)
@@ -136,8 +134,8 @@ class SimilarityAccumulator:
         self.pos_cos += torch.where(fin, cos, zero).sum(dim=0).cpu()
         self.pos_dist += torch.where(fin, diff, zero).sum(dim=0).cpu()
         self.pos_n += fin.sum(dim=0).double().cpu()
-        self.cos_hist.update(cos[kept])
-        self.rel_hist.update(rel[kept])
+        self.cos_hist.update(values[:, 1])
+        self.rel_hist.update(values[:, 3])
 
     def result(self) -> dict[str, object]:
         point = {k: float(v) for k, v in similarity_values(self.rows.totals()).items()}
@@ -291,89 +289,77 @@ def token_log_probs(logits: Float[Tensor, "n v"], keep_vocab: int) -> tuple[Floa
     return torch.log_softmax(logits, dim=-1), dropped
 
 
-CPU_BLOCK_ELEMENTS = 2**18
-"""Positions x vocabulary per block of the CE/KL terms on CPU (1 MiB in fp32). A whole chunk's temporaries
-([positions, vocab]: 32 MiB for 2048 positions of a 4096 vocabulary) would each be a fresh mapping from glibc
-(allocations above its 32 MiB mmap ceiling always are), page-faulting on every write, and would go through
-memory; a block's come from the heap and stay in a core's cache. Elsewhere (CUDA) a chunk is one block."""
+CPU_BLOCK_ELEMENTS = 2**19
+"""Positions x vocabulary per block of logits on CPU (2 MiB in fp32). A block's logits, log-probabilities and
+temporaries stay in cache from the unembedding to the last sum over them, and come from the heap;
+a whole chunk's ([positions, vocab]: 32 MiB for 2048 positions of a 4096 vocabulary) would each be a fresh
+mapping from glibc (allocations above its 32 MiB mmap ceiling always are), page-faulting on every write, and
+would go through memory. Elsewhere (CUDA) a chunk is one block."""
+MIN_BLOCK_POSITIONS = 32
+"""A block holds at least this many positions however wide the vocabulary: each block's unembedding reads the
+whole d_model x vocab matrix, and a block of a position or two (Gemma's 256k vocabulary at 2^19 elements)
+would make that product a memory-bound matrix-vector one."""
+
+Unembed = Callable[[Tensor], Tensor]
+"""A block of final residuals [positions, d_model] -> its logits [positions, vocab]."""
 
 
 def _blocks(n: int, width: int, device: torch.device) -> tuple[slice, ...]:
-    step = max(1, CPU_BLOCK_ELEMENTS // max(width, 1)) if device.type == "cpu" else max(n, 1)
+    step = max(MIN_BLOCK_POSITIONS, CPU_BLOCK_ELEMENTS // max(width, 1)) if device.type == "cpu" else max(n, 1)
     return tuple(slice(lo, min(lo + step, n)) for lo in range(0, n, step)) or (slice(0, 0),)
 
 
-@dataclass(frozen=True)
-class CleanDistribution:
-    """The clean model's next-token distribution on a chunk of positions, computed once per chunk and
-    shared by every SAE spliced into that model (and by the zero-ablation baseline). The [positions, vocab]
-    tensors are kept per block of positions (`blocks`), so none is allocated whole on CPU."""
-
-    blocks: tuple[slice, ...]
-    log_probs: tuple[Tensor, ...]
-    """Per block, [block positions, kept vocab]."""
-    probs: tuple[Tensor, ...]
-    neg_entropy: Float[Tensor, " n"]
-    """sum_v p log p: KL(clean || q) = neg_entropy - sum_v p log q."""
-    dropped_mass: Float[Tensor, " n"]
-    ablated_log_probs: Float[Tensor, " v"]
-    kl_ablation: Float[Tensor, " n"]
-    """KL(clean || zero-ablated): the same for every splice, so computed once."""
-
-    @classmethod
-    def from_logits(cls, logits: Float[Tensor, "n v"], ablated_logits: Float[Tensor, " v"],
-                    keep_vocab: int) -> CleanDistribution:
-        logits = logits.float()
-        kept = logits[:, :keep_vocab]
-        blocks = _blocks(kept.shape[0], keep_vocab, kept.device)
-        ablated = token_log_probs(ablated_logits.unsqueeze(0), keep_vocab)[0].squeeze(0)
-        log_probs, probs, neg_entropy, kl_ablation, dropped = [], [], [], [], []
-        for rows in blocks:  # inlined per block: no type-checked call inside the loop
-            lp, p = torch.log_softmax(kept[rows], dim=-1), torch.softmax(kept[rows], dim=-1)  # softmax: cheaper than exp
-            h = torch.linalg.vecdot(p, lp)  # Σ_v p log p
-            log_probs.append(lp)
-            probs.append(p)
-            neg_entropy.append(h)
-            kl_ablation.append(h - p @ ablated)
-            if logits.shape[-1] > keep_vocab:  # mass on the rows beyond the base vocabulary (MetaMath's PAD)
-                dropped.append(torch.log_softmax(logits[rows], dim=-1)[:, keep_vocab:].exp().sum(-1))
-        neg = torch.cat(neg_entropy)
-        return cls(blocks, tuple(log_probs), tuple(probs), neg, torch.cat(dropped) if dropped else torch.zeros_like(neg),
-                   ablated, torch.cat(kl_ablation))
-
-    def with_ablation(self, ablated_log_probs: Float[Tensor, " v"]) -> CleanDistribution:
-        """The same clean distribution against another zero-ablation baseline (another hook's): the KL to
-        the ablation is recomputed with it, never carried over."""
-        kl = torch.cat([self.neg_entropy[rows] - p @ ablated_log_probs for rows, p in zip(self.blocks, self.probs)])
-        return dataclasses.replace(self, ablated_log_probs=ablated_log_probs, kl_ablation=kl)
+def _as_logits(x: Tensor) -> Tensor:
+    return x
 
 
 DOWNSTREAM_COLUMNS = ("n_ce", "n_kl", "ce_clean", "ce_sae", "ce_abl", "kl_sae", "kl_abl", "dropped")
 
 
-def downstream_terms(clean: CleanDistribution, spliced: Float[Tensor, "n v"], targets: Int[Tensor, " n"],
-                     keep_vocab: int) -> Float[Tensor, "n k"]:
-    """Per-position terms in `DOWNSTREAM_COLUMNS` order (target -1: no next token, so no CE).
+def downstream_terms(clean: Float[Tensor, "n w"], spliced: Sequence[Float[Tensor, "n w"]],
+                     ablated_log_probs: Sequence[Float[Tensor, " v"]], targets: Int[Tensor, " n"], keep_vocab: int,
+                     unembed: Unembed = _as_logits) -> list[Float[Tensor, "n k"]]:
+    """Per-position terms in `DOWNSTREAM_COLUMNS` order of each spliced pass `spliced[i]` against the clean one
+    and its own hook's zero-ablation baseline `ablated_log_probs[i]` (`token_log_probs` of the ablated logits).
 
-    As in SAELens: KL compares two distributions and needs no target, so a row's last position counts;
-    CE needs the next token, so it does not. A non-finite entry marks a position whose logits are broken.
+    `clean` and `spliced[i]` are logits, or the final residuals `unembed` turns into logits. Block by block of
+    positions (`_blocks`): a block's clean distribution is computed once and read by every spliced pass while
+    it is in a core's cache, and no [positions, vocab] tensor is whole on CPU.
+    As in SAELens: KL compares two distributions and needs no target, so a row's last position counts (target
+    -1: no next token); CE needs the next token, so it does not. A non-finite entry marks a position whose
+    logits are broken. KL(clean || q) = Σ_v p log p - Σ_v p log q; mass the spliced model puts beyond
+    `keep_vocab` is never reported, the clean model's is (`dropped`, see `token_log_probs`).
     """
-    spliced = spliced[:, :keep_vocab].float()  # the spliced model's mass beyond keep_vocab is never reported
     t = targets.clamp(min=0).unsqueeze(-1)
-    kl_sae, nll_sae, nll_clean = [], [], []
-    for rows, lp, p in zip(clean.blocks, clean.log_probs, clean.probs):  # inlined: no type-checked call in the loop
-        log_q = torch.log_softmax(spliced[rows], dim=-1)
-        kl_sae.append(clean.neg_entropy[rows] - torch.linalg.vecdot(p, log_q))  # Σ_v p log q (faster than (p * log_q).sum on CPU)
-        nll_sae.append(-log_q.gather(-1, t[rows]).squeeze(-1))
+    nll_clean, neg_entropy, dropped = [], [], []
+    kl_abl: dict[int, list[Tensor]] = {id(a): [] for a in ablated_log_probs}
+    kl_sae: list[list[Tensor]] = [[] for _ in spliced]
+    nll_sae: list[list[Tensor]] = [[] for _ in spliced]
+    for rows in _blocks(clean.shape[0], keep_vocab, clean.device):  # inlined: no type-checked call in the loop
+        logits = unembed(clean[rows]).float()
+        kept = logits[:, :keep_vocab]
+        lp, p = torch.log_softmax(kept, dim=-1), torch.softmax(kept, dim=-1)  # softmax: cheaper than exp
+        h = torch.linalg.vecdot(p, lp)  # Σ_v p log p
+        neg_entropy.append(h)
         nll_clean.append(-lp.gather(-1, t[rows]).squeeze(-1))
-    kl = torch.cat(kl_sae)
+        if logits.shape[-1] > keep_vocab:  # mass on the rows beyond the base vocabulary (MetaMath's PAD)
+            dropped.append(torch.log_softmax(logits, dim=-1)[:, keep_vocab:].exp().sum(-1))
+        for a in ablated_log_probs:
+            if len(kl_abl[id(a)]) < len(neg_entropy):  # each distinct baseline once per block
+                kl_abl[id(a)].append(h - p @ a)
+        for i, s in enumerate(spliced):
+            log_q = torch.log_softmax(unembed(s[rows])[:, :keep_vocab].float(), dim=-1)
+            kl_sae[i].append(h - torch.linalg.vecdot(p, log_q))  # faster than (p * log_q).sum on CPU
+            nll_sae[i].append(-log_q.gather(-1, t[rows]).squeeze(-1))
     has_next = targets >= 0
-    zero = torch.zeros_like(kl)
-    return torch.stack([
-        has_next.float(), torch.ones_like(kl), torch.where(has_next, torch.cat(nll_clean), zero),
-        torch.where(has_next, torch.cat(nll_sae), zero), torch.where(has_next, -clean.ablated_log_probs[t.squeeze(-1)], zero),
-        kl, clean.kl_ablation, torch.where(has_next, clean.dropped_mass, zero),
-    ], dim=-1).double()
+    ones = has_next.new_ones(has_next.shape, dtype=torch.float32)
+    zero = torch.zeros_like(ones)
+    nll = torch.where(has_next, torch.cat(nll_clean), zero)
+    lost = torch.where(has_next, torch.cat(dropped), zero) if dropped else zero
+    kl_of = {key: torch.cat(v) for key, v in kl_abl.items()}
+    return [torch.stack([has_next.float(), ones, nll, torch.where(has_next, torch.cat(nll_sae[i]), zero),
+                         torch.where(has_next, -a[t.squeeze(-1)], zero), torch.cat(kl_sae[i]), kl_of[id(a)], lost],
+                        dim=-1).double() for i, a in enumerate(ablated_log_probs)]
 
 
 def downstream_values(t: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from saetransfer import engine
+from saetransfer import engine, metrics
 from saetransfer.loading.tokenizers import check_compatible, compare_vocabs
 from saetransfer.registry import DatasetSource, ModelSource, OutlierPolicy, Pair, SaeSource
 from saetransfer.results import PairResult, Provenance
@@ -257,20 +257,19 @@ def test_logits_are_formed_a_chunk_of_positions_at_a_time(models, monkeypatch):
     base, ft = models
     sae = loaded_sae(standard_sae())
     seen: list[int] = []
+    unembedding = engine._unembedding
 
-    def record(module, args, output):  # noqa: ANN001
-        seen.append(output.shape[:-1].numel())
+    def recording(model):  # noqa: ANN001, ANN202
+        unembed = unembedding(model)
+        return lambda final: seen.append(final.shape[0]) or unembed(final)
 
-    handles = [m.unembed.register_forward_hook(record) for m in (base, ft)]
-    try:
-        monkeypatch.setattr(engine, "LOGIT_CHUNK_ELEMENTS", 5 * D_VOCAB)
-        chunked = stream(loaded(base), loaded(ft), sae, tokens(rows=4), batch_size=4)
-        chunked_max, seen[:] = max(seen), []
-        monkeypatch.setattr(engine, "LOGIT_CHUNK_ELEMENTS", 10**9)
-        whole = stream(loaded(base), loaded(ft), sae, tokens(rows=4), batch_size=4)
-    finally:
-        for h in handles:
-            h.remove()
+    monkeypatch.setattr(engine, "_unembedding", recording)
+    monkeypatch.setattr(engine, "LOGIT_CHUNK_ELEMENTS", 5 * D_VOCAB)
+    chunked = stream(loaded(base), loaded(ft), sae, tokens(rows=4), batch_size=4)
+    chunked_max, seen[:] = max(seen), []
+    monkeypatch.setattr(engine, "LOGIT_CHUNK_ELEMENTS", 10**9)
+    monkeypatch.setattr(metrics, "MIN_BLOCK_POSITIONS", 10**9)  # one block per chunk, as on CUDA
+    whole = stream(loaded(base), loaded(ft), sae, tokens(rows=4), batch_size=4)
     assert chunked_max == 5
     assert max(seen) == 4 * (CTX - 1)  # unchunked: every kept position of a batch (BOS is masked) at once
     for side in ("base", "finetune", "norm_matched_finetune"):
@@ -278,6 +277,20 @@ def test_logits_are_formed_a_chunk_of_positions_at_a_time(models, monkeypatch):
         for key in ("ce_clean", "ce_spliced", "ce_ablation", "kl_spliced", "kl_ablation", "ce_loss_score",
                     "kl_div_score"):
             assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-6, abs=1e-9), (side, key)
+
+
+@pytest.mark.parametrize("soft_cap", [-1.0, 2.0])
+def test_the_unembedding_gives_transformer_lens_logits(models, monkeypatch, soft_cap):
+    """The engine's own unembedding (one matrix product per block, no per-call copy of W_U) against the
+    logits of TransformerLens's forward, Gemma-2's logit soft cap included."""
+    base, _ = models
+    monkeypatch.setattr(base.cfg, "output_logits_soft_cap", soft_cap)
+    toks = tokens(rows=2)
+    with torch.inference_mode():
+        expected = base(toks)
+        final = base(toks, stop_at_layer=base.cfg.n_layers)
+        got = torch.stack([engine._final_logits(base, f) for f in final])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_non_finite_latents_or_reconstructions_mark_their_positions() -> None:

@@ -32,11 +32,14 @@ def recon(x: torch.Tensor, x_hat: torch.Tensor, feats: torch.Tensor, split: int 
     return acc.result()
 
 
+def ablated_log_probs(ablated: torch.Tensor, keep_vocab: int) -> torch.Tensor:
+    return metrics.token_log_probs(ablated.unsqueeze(0), keep_vocab)[0].squeeze(0)
+
+
 def downstream(clean: torch.Tensor, ablated: torch.Tensor, spliced: torch.Tensor, targets: torch.Tensor,
                keep_vocab: int) -> dict:
     acc = metrics.DownstreamAccumulator(n_rows=1)
-    terms = metrics.downstream_terms(metrics.CleanDistribution.from_logits(clean, ablated, keep_vocab), spliced,
-                                     targets, keep_vocab)
+    terms, = metrics.downstream_terms(clean, [spliced], [ablated_log_probs(ablated, keep_vocab)], targets, keep_vocab)
     acc.update(terms, torch.zeros(terms.shape[0], dtype=torch.long))
     return acc.result()
 
@@ -202,24 +205,28 @@ def test_l0_l1_and_densities_count_exactly_the_non_zero_latents(seed):
 
 
 @settings(max_examples=20, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(1, 60), st.sampled_from([0, 2]))
-def test_downstream_terms_in_blocks_match_the_direct_log_softmax(seed, n, extra_vocab):
-    """CE, KL and the dropped mass per position, computed blockwise (blocks of a few positions here) against
-    one log-softmax over everything."""
+@given(st.integers(0, 2**31 - 1), st.integers(1, 60), st.sampled_from([0, 2]), st.booleans())
+def test_downstream_terms_in_blocks_match_the_direct_log_softmax(seed, n, extra_vocab, from_residual):
+    """CE, KL and the dropped mass per position, computed blockwise (blocks of a few positions here, from logits
+    or from final residuals through an unembedding) against one log-softmax over everything."""
     gen = torch.Generator().manual_seed(seed)
-    keep, width = 11, 11 + extra_vocab
-    clean = torch.randn(n, width, generator=gen) * 4
-    spliced = clean + torch.randn(n, width, generator=gen)
+    keep, width, d = 11, 11 + extra_vocab, 5
+    w_u = torch.randn(d, width, generator=gen)
+    clean_in = torch.randn(n, d if from_residual else width, generator=gen) * (1 if from_residual else 4)
+    spliced_in = clean_in + torch.randn(clean_in.shape, generator=gen) * 0.3
+    unembed = (lambda x: x @ w_u) if from_residual else (lambda x: x)  # noqa: E731
+    clean, spliced = unembed(clean_in), unembed(spliced_in)
     ablated = torch.randn(width, generator=gen)
     targets = torch.randint(0, keep, (n,), generator=gen)
     targets[-1] = -1  # a row's last position: KL, no CE
-    saved = metrics.CPU_BLOCK_ELEMENTS
-    metrics.CPU_BLOCK_ELEMENTS = 4 * width  # blocks of 4 positions
-    try:
-        terms = metrics.downstream_terms(metrics.CleanDistribution.from_logits(clean, ablated, keep), spliced, targets,
-                                         keep)
-    finally:
-        metrics.CPU_BLOCK_ELEMENTS = saved
+    blocks = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(metrics, "CPU_BLOCK_ELEMENTS", 4 * width)  # blocks of 4 positions
+        patch.setattr(metrics, "MIN_BLOCK_POSITIONS", 1)
+        recorded = lambda x: blocks.append(x.shape[0]) or unembed(x)  # noqa: E731
+        terms, = metrics.downstream_terms(clean_in, [spliced_in], [ablated_log_probs(ablated, keep)], targets, keep,
+                                          recorded)
+    assert max(blocks) == min(n, 4)
     lp, lq = torch.log_softmax(clean[:, :keep].double(), -1), torch.log_softmax(spliced[:, :keep].double(), -1)
     la = torch.log_softmax(ablated[:keep].double(), -1)
     has = targets >= 0
@@ -232,18 +239,29 @@ def test_downstream_terms_in_blocks_match_the_direct_log_softmax(seed, n, extra_
     torch.testing.assert_close(terms, expected, rtol=1e-4, atol=2e-5)
 
 
+def test_a_wide_vocabulary_still_gets_blocks_of_several_positions():
+    """2^19 elements would be two positions of Gemma's 256k vocabulary: the unembedding would then read the
+    whole W_U once per position."""
+    blocks = metrics._blocks(1000, 256_000, torch.device("cpu"))
+    assert {b.stop - b.start for b in blocks[:-1]} == {metrics.MIN_BLOCK_POSITIONS}
+    assert metrics._blocks(1000, 4096, torch.device("cpu"))[0].stop == metrics.CPU_BLOCK_ELEMENTS // 4096
+
+
 @given(st.integers(0, 2**31 - 1), st.integers(1, 30))
-def test_another_hooks_ablation_baseline_replaces_every_term_that_uses_it(seed, n):
-    """One clean distribution serves splices at several hooks, each against its own hook's zero ablation:
-    CE and KL to the ablation follow the baseline swapped in (a KL carried over from the first hook's
+def test_each_spliced_pass_is_scored_against_its_own_hooks_ablation_baseline(seed, n):
+    """One clean distribution serves splices at several hooks in one call, each against its own hook's zero
+    ablation: every term equals that of a call with that pass alone (a KL carried over from the first hook's
     baseline gave the layer-3 splices of the zoo's code pair a KL score of 0.80 instead of 0.91)."""
     gen = torch.Generator().manual_seed(seed)
     keep = 13
-    clean, spliced = torch.randn(n, keep, generator=gen) * 3, torch.randn(n, keep, generator=gen)
-    first, other = torch.randn(keep, generator=gen) * 2, torch.randn(keep, generator=gen) * 2
+    clean = torch.randn(n, keep, generator=gen) * 3
+    spliced = [torch.randn(n, keep, generator=gen) for _ in range(3)]
+    first, other = (ablated_log_probs(torch.randn(keep, generator=gen) * 2, keep) for _ in range(2))
     targets = torch.randint(0, keep, (n,), generator=gen)
-    dist = metrics.CleanDistribution.from_logits(clean, first, keep)
-    other_lp = metrics.token_log_probs(other.unsqueeze(0), keep)[0].squeeze(0)
-    swapped = metrics.downstream_terms(dist.with_ablation(other_lp), spliced, targets, keep)
-    direct = metrics.downstream_terms(metrics.CleanDistribution.from_logits(clean, other, keep), spliced, targets, keep)
-    torch.testing.assert_close(swapped, direct, rtol=1e-5, atol=1e-6)
+    together = metrics.downstream_terms(clean, spliced, [first, other, first], targets, keep)
+    for s, a, t in zip(spliced, [first, other, first], together):
+        alone, = metrics.downstream_terms(clean, [s], [a], targets, keep)
+        torch.testing.assert_close(t, alone, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(together[0][:, 6], together[1][:, 6])  # kl_abl follows the baseline
+
+
