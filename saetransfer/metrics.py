@@ -295,10 +295,11 @@ temporaries stay in cache from the unembedding to the last sum over them, and co
 a whole chunk's ([positions, vocab]: 32 MiB for 2048 positions of a 4096 vocabulary) would each be a fresh
 mapping from glibc (allocations above its 32 MiB mmap ceiling always are), page-faulting on every write, and
 would go through memory. Elsewhere (CUDA) a chunk is one block."""
-MIN_BLOCK_POSITIONS = 32
-"""A block holds at least this many positions however wide the vocabulary: each block's unembedding reads the
-whole d_model x vocab matrix, and a block of a position or two (Gemma's 256k vocabulary at 2^19 elements)
-would make that product a memory-bound matrix-vector one."""
+MIN_BLOCK_POSITIONS = 128
+"""A block holds at least this many positions however wide the vocabulary. Each block's unembedding reads the
+whole d_model x vocab matrix: Gemma's (2048 x 256k, 2 GiB in fp32) read for a block of 2 positions (2^19
+elements) would make that product bound by memory, not arithmetic; at 128 positions the read is a small part
+of the product, whose arithmetic dwarfs the vocabulary-wide CE/KL work then out of cache."""
 
 Unembed = Callable[[Tensor], Tensor]
 """A block of final residuals [positions, d_model] -> its logits [positions, vocab]."""
