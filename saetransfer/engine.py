@@ -128,8 +128,9 @@ class _TopK:
                 return
         if not bool(finite.all()):
             scores, rows, positions = scores[finite], rows[finite], positions[finite]
-        kth = torch.topk(scores, min(self.k, scores.numel())).values[-1]
-        take = (scores >= kth).nonzero().squeeze(1)  # every tie of the k-th value, so the choice among ties is ours
+        kth = float(torch.topk(scores, min(self.k, scores.numel())).values[-1])
+        # everything that rounds (TIE_DIGITS) like the k-th value or above, so the key alone orders near-ties
+        take = (scores >= kth - abs(kth) * 10.0 ** (1 - TIE_DIGITS)).nonzero().squeeze(1)
         new = list(zip(scores[take].tolist(), rows[take].tolist(), positions[take].tolist()))
         self.items = sorted(self.items + new, key=_rank_key)[: self.k]
 

@@ -16,12 +16,14 @@ from saetransfer.loading.tokenizers import Compatibility, TokenizerComparison
 from saetransfer.registry import Verdict
 from saetransfer.typed import Record, metric
 
-METRIC_VERSION = 4
+METRIC_VERSION = 5
 """Bump when any metric's definition or the engine's masking changes: cached results are keyed on it.
 3: per-model outlier thresholds, non-finite masking, the kept-position floor (`not judged`),
 norm-matched evaluation, bootstrap intervals, chance baselines for the feature-level numbers.
 4: a result is one evaluation of an entry (axis, dataset, direction): the reverse direction puts the
-finetune in `base`, the SAE's own model; masking is per evaluation (its SAEs' non-finite positions)."""
+finetune in `base`, the SAE's own model; masking is per evaluation (its SAEs' non-finite positions).
+5: worst-token tables rank a batch's near-ties of the k-th score (equal to `engine.TIE_DIGITS` digits) by
+(row, position) too; before, a near-tie just below the k-th exact score was dropped."""
 
 Grade = Literal["ok", "weak", "bad"]
 

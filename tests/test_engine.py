@@ -11,6 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from saetransfer import engine, metrics
 from saetransfer.loading.tokenizers import check_compatible, compare_vocabs
@@ -301,3 +303,19 @@ def test_non_finite_latents_or_reconstructions_mark_their_positions() -> None:
     encoded = engine._Encoded(feats, x_hat)
     assert encoded.finite.tolist() == [True, False, False, False, False]
     assert encoded.subset(torch.tensor([True, False, False, True, True])).finite.tolist() == [True, False, False]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([0.5, 1.0, 1.000001, 2.0, -1.0, 3.25, math.nan, math.inf]) | st.floats(-4, 4),
+                         max_size=12), min_size=1, max_size=6), st.integers(1, 5))
+@example([[1.0, 1.000001]], 1)  # a near-tie below the exact k-th value, on an earlier position
+@example([[3.25, 2.0], [math.nan, 2.0, 1.0]], 2)  # the second batch cannot rank: the early return
+def test_worst_tokens_streamed_by_batch_equal_one_ranking_of_everything(batches, k):
+    """Batch by batch (later batches on later rows) the kept items equal the first k of all finite items
+    ranked by the key: score to TIE_DIGITS significant digits, then (row, position); near-ties included."""
+    top, everything = engine._TopK(k), []
+    for b, scores in enumerate(batches):
+        rows, positions = torch.full((len(scores),), b), torch.arange(len(scores))
+        top.update(torch.tensor(scores, dtype=torch.float64), rows, positions)
+        everything += [(float(torch.tensor(s).float()), b, p) for p, s in enumerate(scores) if math.isfinite(s)]
+    assert top.items == sorted(everything, key=engine._rank_key)[:k]
