@@ -634,7 +634,7 @@ def function_group(file: str, line: int, name: str) -> str | None:
     if module == "engine":
         if re.search(r"calibrat|threshold", q, re.I):
             return "calibration"
-        if re.search(r"final_logits", q):
+        if re.search(r"final_logits|final_normed|unembed", q):  # ln_final and W_U: inside the floor's forward
             return "forward"
         if re.search(r"qualit|direction|verdict|norm_note|bootstrap", q, re.I):
             return "bootstrap_verdict"
