@@ -640,7 +640,7 @@ def function_group(file: str, line: int, name: str) -> str | None:
             return "bootstrap_verdict"
         return "bookkeeping"
     if module == "metrics":
-        if re.search(r"downstream_terms|log_probs|CleanDistribution|kl_|_ce", q):
+        if re.search(r"downstream_terms|log_probs|kl_|_ce", q):
             return "kl_ce"
         if re.search(r"\.(update|add)$|_terms$", q) and not q.startswith("Histogram"):
             return "accumulators"
