@@ -135,18 +135,19 @@ class _TopK:
         self.items = sorted(self.items + new, key=_rank_key)[: self.k]
 
 
+def _unembed(w_u: Tensor, b_u: Tensor, cap: float, final: Tensor) -> Tensor:
+    logits = torch.addmm(b_u, final, w_u)
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
 def _unembedding(model: Any) -> metrics.Unembed:
     """Final residuals after `ln_final` -> logits, as TransformerLens's `Unembed` (W_U, b_U) and its logit soft
     cap (Gemma-2) compute them. One matrix product per block of positions: `Unembed.forward` copies W_U
-    transposed on every call, which for a block of positions costs more than the product."""
-    w, b = model.W_U, model.b_U
+    transposed on every call, which for a block of positions costs more than the product. A partial of a
+    module-level function, not a closure: the test suite's type-check hook re-decorates a nested function on
+    every call of its parent."""
     cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
-
-    def unembed(final: Tensor) -> Tensor:
-        logits = torch.addmm(b, final, w)
-        return cap * torch.tanh(logits / cap) if cap > 0 else logits
-
-    return unembed
+    return functools.partial(_unembed, model.W_U, model.b_U, cap)
 
 
 def _final_normed(model: Any, final_resid: Float[Tensor, "n d"]) -> Float[Tensor, "n d"]:
