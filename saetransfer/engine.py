@@ -529,7 +529,9 @@ def _stream_group(entry: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"
     calibration = _calibrate(entry, calibration_acts, calibration_batches, special, starts)
     for m in members:
         m.begin(calibration[m.start], tokens.shape[1])
-    ablated = {(r, s): _ablated_logits(models[r].model, s) for r in ("base", "finetune") for s in starts}
+    # the zero-ablation baseline of each model and hook: the same for every batch
+    ablated_lp = {(r, s): metrics.ablation_log_probs(_ablated_logits(models[r].model, s), keep_vocab)
+                  for r in ("base", "finetune") for s in starts}
 
     row = 0
     desc = f"{entry.id} [{entry.dataset.key}]"
@@ -541,7 +543,7 @@ def _stream_group(entry: Pair, config: RunConfig, tokens: Int[Tensor, "rows ctx"
         else:
             acts = forward(batch)
         active_members = [m for m in members if m.n_rows > row]
-        _batch_step(active_members, models, acts, batch, row, calibration, special, ablated, keep_vocab, same_model)
+        _batch_step(active_members, models, acts, batch, row, calibration, special, ablated_lp, keep_vocab, same_model)
         row += batch.shape[0]
     return {m.pair.test_id: _finish(m, models, tokens, tokenizer, comparison, compat) for m in members}
 
@@ -586,7 +588,7 @@ class _Shared:
 
 def _batch_step(members: Sequence[_Member], models: dict[str, Any], acts: dict[str, dict[int, Tensor]],
                 batch: Int[Tensor, "b p"], row: int, calibration: dict[int, _HookCalibration], special: Tensor,
-                ablated: dict[tuple[str, int], Tensor], keep_vocab: int, same_model: bool) -> None:
+                ablated_lp: dict[tuple[str, int], Tensor], keep_vocab: int, same_model: bool) -> None:
     """One batch for every evaluation: masks, encodings and spliced passes shared wherever they coincide."""
     is_special = torch.isin(batch, special)
     n_layers = {r: models[r].model.cfg.n_layers for r in models}
@@ -630,8 +632,6 @@ def _batch_step(members: Sequence[_Member], models: dict[str, Any], acts: dict[s
     uses = [{role: {sp.name: work.spliced_pass(role, m.start, sp, at) for sp in side.splices}
              for role, side in m.sides.items()} for m, _, _, at in plans]
     model_roles = ("base",) if same_model else ("base", "finetune")
-    ablated_lp = {(r, s): metrics.token_log_probs(ablated[r, s].unsqueeze(0), keep_vocab)[0].squeeze(0)
-                  for r in models for s in masks}
     chunk = max(1, LOGIT_CHUNK_ELEMENTS // max(models[r].model.cfg.d_vocab_out for r in models))
     # at the positions scored, after ln_final: the logits are formed a block of positions at a time from these
     clean_normed = {r: _final_normed(models[r].model, clean_final[r]) for r in model_roles}
@@ -693,8 +693,8 @@ def _accumulate(m: _Member, acts: dict[str, dict[int, Tensor]], batch: Tensor, r
     feats, nonzero = {}, {}
     for role, side in m.sides.items():
         enc = {sp.name: work.encoded(role, m.start, sp).subset(at_kept) for sp in side.splices}
-        nonzero[role] = side.accumulate(x_kept[role], enc, {k: v.index_select(0, keep_at) for k, v in terms[role].items()},
-                                        rows, p)
+        kept_terms = {k: v.index_select(0, keep_at) for k, v in terms[role].items()}
+        nonzero[role] = side.accumulate(x_kept[role], enc, kept_terms, rows, p)
         feats[role] = enc["base"].feats
     m.latents.update(feats[m.home], feats[m.away], rows, nonzero[m.home], nonzero[m.away])
     b = int(active[:, 0].sum())  # this evaluation's rows of the batch

@@ -289,6 +289,11 @@ def token_log_probs(logits: Float[Tensor, "n v"], keep_vocab: int) -> tuple[Floa
     return torch.log_softmax(logits, dim=-1), dropped
 
 
+def ablation_log_probs(ablated_logits: Float[Tensor, " v"], keep_vocab: int) -> Float[Tensor, " kept"]:
+    """`token_log_probs` of a zero-ablation baseline (one logits vector: every position's is the same)."""
+    return token_log_probs(ablated_logits.unsqueeze(0), keep_vocab)[0].squeeze(0)
+
+
 CPU_BLOCK_ELEMENTS = 2**19
 """Positions x vocabulary per block of logits on CPU (2 MiB in fp32). A block's logits, log-probabilities and
 temporaries stay in cache from the unembedding to the last sum over them, and come from the heap;
@@ -321,7 +326,7 @@ def downstream_terms(clean: Float[Tensor, "n w"], spliced: Sequence[Float[Tensor
                      ablated_log_probs: Sequence[Float[Tensor, " v"]], targets: Int[Tensor, " n"], keep_vocab: int,
                      unembed: Unembed = _as_logits) -> list[Float[Tensor, "n k"]]:
     """Per-position terms in `DOWNSTREAM_COLUMNS` order of each spliced pass `spliced[i]` against the clean one
-    and its own hook's zero-ablation baseline `ablated_log_probs[i]` (`token_log_probs` of the ablated logits).
+    and its own hook's zero-ablation baseline `ablated_log_probs[i]` (`ablation_log_probs`).
 
     `clean` and `spliced[i]` are logits, or the final residuals `unembed` turns into logits. Block by block of
     positions (`_blocks`): a block's clean distribution is computed once and read by every spliced pass while
@@ -333,7 +338,8 @@ def downstream_terms(clean: Float[Tensor, "n w"], spliced: Sequence[Float[Tensor
     """
     t = targets.clamp(min=0).unsqueeze(-1)
     nll_clean, neg_entropy, dropped = [], [], []
-    kl_abl: dict[int, list[Tensor]] = {id(a): [] for a in ablated_log_probs}
+    baselines = {id(a): a for a in ablated_log_probs}  # passes at one hook share its baseline
+    kl_abl: dict[int, list[Tensor]] = {key: [] for key in baselines}
     kl_sae: list[list[Tensor]] = [[] for _ in spliced]
     nll_sae: list[list[Tensor]] = [[] for _ in spliced]
     for rows in _blocks(clean.shape[0], keep_vocab, clean.device):  # inlined: no type-checked call in the loop
@@ -345,9 +351,8 @@ def downstream_terms(clean: Float[Tensor, "n w"], spliced: Sequence[Float[Tensor
         nll_clean.append(-lp.gather(-1, t[rows]).squeeze(-1))
         if logits.shape[-1] > keep_vocab:  # mass on the rows beyond the base vocabulary (MetaMath's PAD)
             dropped.append(torch.log_softmax(logits, dim=-1)[:, keep_vocab:].exp().sum(-1))
-        for a in ablated_log_probs:
-            if len(kl_abl[id(a)]) < len(neg_entropy):  # each distinct baseline once per block
-                kl_abl[id(a)].append(h - p @ a)
+        for key, a in baselines.items():
+            kl_abl[key].append(h - p @ a)
         for i, s in enumerate(spliced):
             log_q = torch.log_softmax(unembed(s[rows])[:, :keep_vocab].float(), dim=-1)
             kl_sae[i].append(h - torch.linalg.vecdot(p, log_q))  # faster than (p * log_q).sum on CPU

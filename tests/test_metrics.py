@@ -32,14 +32,11 @@ def recon(x: torch.Tensor, x_hat: torch.Tensor, feats: torch.Tensor, split: int 
     return acc.result()
 
 
-def ablated_log_probs(ablated: torch.Tensor, keep_vocab: int) -> torch.Tensor:
-    return metrics.token_log_probs(ablated.unsqueeze(0), keep_vocab)[0].squeeze(0)
-
-
 def downstream(clean: torch.Tensor, ablated: torch.Tensor, spliced: torch.Tensor, targets: torch.Tensor,
                keep_vocab: int) -> dict:
     acc = metrics.DownstreamAccumulator(n_rows=1)
-    terms, = metrics.downstream_terms(clean, [spliced], [ablated_log_probs(ablated, keep_vocab)], targets, keep_vocab)
+    baseline = metrics.ablation_log_probs(ablated, keep_vocab)
+    terms, = metrics.downstream_terms(clean, [spliced], [baseline], targets, keep_vocab)
     acc.update(terms, torch.zeros(terms.shape[0], dtype=torch.long))
     return acc.result()
 
@@ -224,8 +221,8 @@ def test_downstream_terms_in_blocks_match_the_direct_log_softmax(seed, n, extra_
         patch.setattr(metrics, "CPU_BLOCK_ELEMENTS", 4 * width)  # blocks of 4 positions
         patch.setattr(metrics, "MIN_BLOCK_POSITIONS", 1)
         recorded = lambda x: blocks.append(x.shape[0]) or unembed(x)  # noqa: E731
-        terms, = metrics.downstream_terms(clean_in, [spliced_in], [ablated_log_probs(ablated, keep)], targets, keep,
-                                          recorded)
+        baseline = metrics.ablation_log_probs(ablated, keep)
+        terms, = metrics.downstream_terms(clean_in, [spliced_in], [baseline], targets, keep, recorded)
     assert max(blocks) == min(n, 4)
     lp, lq = torch.log_softmax(clean[:, :keep].double(), -1), torch.log_softmax(spliced[:, :keep].double(), -1)
     la = torch.log_softmax(ablated[:keep].double(), -1)
@@ -256,7 +253,7 @@ def test_each_spliced_pass_is_scored_against_its_own_hooks_ablation_baseline(see
     keep = 13
     clean = torch.randn(n, keep, generator=gen) * 3
     spliced = [torch.randn(n, keep, generator=gen) for _ in range(3)]
-    first, other = (ablated_log_probs(torch.randn(keep, generator=gen) * 2, keep) for _ in range(2))
+    first, other = (metrics.ablation_log_probs(torch.randn(keep, generator=gen) * 2, keep) for _ in range(2))
     targets = torch.randint(0, keep, (n,), generator=gen)
     together = metrics.downstream_terms(clean, spliced, [first, other, first], targets, keep)
     for s, a, t in zip(spliced, [first, other, first], together):
