@@ -215,22 +215,21 @@ class _SideSums:
         self.worst_kl = _TopK()
         self.worst_recon = _TopK()
 
-    def accumulate(self, x: Float[Tensor, "n d"], encoded: dict[str, _Encoded], terms: dict[str, Float[Tensor, "n k"]],
-                   rows: Int[Tensor, " n"], positions: Int[Tensor, " n"]) -> metrics.ActiveLatents:
-        """Returns the evaluated SAE's non-zero latents here, which the latent-pair sums read too."""
-        active = {}
+    @property
+    def evaluated(self) -> _Splice:
+        """The evaluated SAE as spliced here (its other splices are the norm-matched and native ones)."""
+        return next(s for s in self.splices if s.name == "base")
+
+    def accumulate(self, recon: dict[str, metrics.ReconstructionBatch], terms: dict[str, Float[Tensor, "n k"]],
+                   rows: Int[Tensor, " n"], positions: Int[Tensor, " n"]) -> None:
         for s in self.splices:
-            enc = encoded[s.name]
-            active[s.name] = enc.active
-            self.recon[s.name].update(x, enc.x_hat, enc.feats, rows, active[s.name])
+            self.recon[s.name].add(recon[s.name])
             self.down[s.name].update(terms[s.name], rows)
-        if not self.track_worst:
-            return active["base"]
-        base = encoded["base"]
-        err = ((x.float() - base.x_hat.float()) ** 2).sum(-1) / (x.float() ** 2).sum(-1).clamp(min=1e-12)
-        self.worst_recon.update(err, rows, positions)
-        self.worst_kl.update(terms["base"][:, 5], rows, positions)
-        return active["base"]
+        if self.track_worst:
+            t = recon["base"].terms  # the relative squared error, from the sums' own sse and ||x||² columns
+            sse, sum_sq = (t[:, metrics.RECONSTRUCTION_COLUMNS.index(c)] for c in ("sse", "sum_sq"))
+            self.worst_recon.update(sse / sum_sq.clamp(min=1e-12), rows, positions)
+            self.worst_kl.update(terms["base"][:, 5], rows, positions)
 
     def metrics_of(self, name: str) -> SaeMetrics:
         out: dict[str, Any] = {**self.recon[name].result(), **self.down[name].result()}
@@ -555,6 +554,9 @@ class _Shared:
                  same_model: bool) -> None:
         self.models, self.acts, self.masks, self.same_model = models, acts, masks, same_model
         self.encodings: dict[tuple[str, int, tuple[int, float]], _Encoded] = {}
+        self.kept_encodings: list[tuple[tuple[str, int, tuple[int, float]], Tensor, _Encoded]] = []
+        self.reconstructions: dict[int, metrics.ReconstructionBatch] = {}
+        """By index in `kept_encodings`."""
         self.finals: dict[str, list[tuple[tuple[int, tuple[int, float]], Tensor, Tensor]]] = {r: [] for r in models}
 
     def _model_role(self, role: str) -> str:
@@ -566,6 +568,26 @@ class _Shared:
         if key not in self.encodings:
             self.encodings[key] = _encode(splice, self.acts[role][s][self.masks[s]["candidate"]])
         return self.encodings[key]
+
+    def kept_encoding(self, role: str, s: int, splice: _Splice, kept: Bool[Tensor, "b p"]) -> tuple[int, _Encoded]:
+        """`encoded` at the `kept` positions (a subset of the candidates), with its index among the subsets made:
+        evaluations that keep the same positions share it, and what is computed from it."""
+        key = (self._model_role(role), s, splice.key)
+        for index, (k, mask, enc) in enumerate(self.kept_encodings):
+            if k == key and torch.equal(mask, kept):
+                return index, enc
+        enc = self.encoded(role, s, splice).subset(kept[self.masks[s]["candidate"]])
+        self.kept_encodings.append((key, kept, enc))
+        return len(self.kept_encodings) - 1, enc
+
+    def reconstruction(self, role: str, s: int, splice: _Splice, kept: Bool[Tensor, "b p"], x: Float[Tensor, "n d"],
+                       rows: Int[Tensor, " n"]) -> metrics.ReconstructionBatch:
+        """`splice`'s reconstruction sums at the `kept` positions (`x`: the activations there, at sample rows
+        `rows`), once per encoding and positions however many evaluations add them."""
+        index, enc = self.kept_encoding(role, s, splice, kept)
+        if index not in self.reconstructions:
+            self.reconstructions[index] = metrics.ReconstructionBatch.of(x, enc.x_hat, enc.feats, rows, enc.active)
+        return self.reconstructions[index]
 
     def spliced_pass(self, role: str, s: int, splice: _Splice, at: Bool[Tensor, "b p"]) -> tuple[str, int]:
         """The key of the pass with `splice`'s reconstruction at the `at` positions: one pass per (model,
@@ -688,15 +710,13 @@ def _accumulate(m: _Member, acts: dict[str, dict[int, Tensor]], batch: Tensor, r
     rows = r + row
     x = {role: acts[role][m.start] for role in m.sides}
     x_kept = {role: a.flatten(0, 1).index_select(0, r * a.shape[1] + p) for role, a in x.items()}
-    at_kept = kept[cand]  # kept positions among the candidates the encodings cover
     keep_at = keep.nonzero().squeeze(1)
-    feats, nonzero = {}, {}
     for role, side in m.sides.items():
-        enc = {sp.name: work.encoded(role, m.start, sp).subset(at_kept) for sp in side.splices}
-        kept_terms = {k: v.index_select(0, keep_at) for k, v in terms[role].items()}
-        nonzero[role] = side.accumulate(x_kept[role], enc, kept_terms, rows, p)
-        feats[role] = enc["base"].feats
-    m.latents.update(feats[m.home], feats[m.away], rows, nonzero[m.home], nonzero[m.away])
+        recon = {sp.name: work.reconstruction(role, m.start, sp, kept, x_kept[role], rows) for sp in side.splices}
+        side.accumulate(recon, {k: v.index_select(0, keep_at) for k, v in terms[role].items()}, rows, p)
+    evaluated = {role: work.kept_encoding(role, m.start, side.evaluated, kept)[1] for role, side in m.sides.items()}
+    m.latents.update(evaluated[m.home].feats, evaluated[m.away].feats, rows, evaluated[m.home].active,
+                     evaluated[m.away].active)
     b = int(active[:, 0].sum())  # this evaluation's rows of the batch
     fin = mask[f"fin_{m.home}"] & mask[f"fin_{m.away}"]
     m.similarity.update(x[m.home][:b], x[m.away][:b], kept[:b], fin[:b], row)

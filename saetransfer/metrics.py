@@ -68,6 +68,13 @@ class HistogramAccumulator:
         values = values.where(~values.isinf(), math.nan).clamp(self.low, self.high)  # ±inf dropped, as histc drops NaN
         self.counts += torch.histc(values, bins=self.bins, min=self.low, max=self.high)
 
+    def add(self, other: HistogramAccumulator) -> None:
+        """Add another histogram's counts (the same bins)."""
+        if (other.low, other.high, other.bins) != (self.low, self.high, self.bins):
+            raise ValueError(f"histograms with different bins: {(other.low, other.high, other.bins)} vs "
+                             f"{(self.low, self.high, self.bins)}")
+        self.counts += other.counts
+
     def result(self) -> Histogram:
         return Histogram(self.low, self.high, tuple(int(c) for c in self.counts.tolist()))
 
@@ -156,12 +163,6 @@ class SimilarityAccumulator:
 RECONSTRUCTION_COLUMNS = ("n", "sse", "sum_sq", "sum_elems", "cossim", "l2_ratio", "l0", "l1")
 
 
-def _nonzero_entries(m: Float[Tensor, "n s"]) -> tuple[Int[Tensor, " k"], Int[Tensor, " k"], Int[Tensor, " k"]]:
-    """(flat index, row, column) of the non-zero entries of a matrix (flat indices suit `Tensor.take`)."""
-    flat = m.reshape(-1).nonzero().squeeze(1)  # NaN and inf are non-zero too, so they stay visible
-    return flat, flat // m.shape[1], flat % m.shape[1]
-
-
 @dataclass(frozen=True)
 class ActiveLatents:
     """The non-zero entries of a [positions, latents] matrix: SAE latents are sparse, so per-position and
@@ -174,8 +175,10 @@ class ActiveLatents:
 
     @classmethod
     def of(cls, feats: Float[Tensor, "n s"]) -> ActiveLatents:
-        flat, position, latent = _nonzero_entries(feats)
-        return cls(position, latent, feats.take(flat).float())
+        # NaN and inf are non-zero too, so they stay visible; the 2-d nonzero is cheaper than the flat one
+        # with its index arithmetic
+        position, latent = feats.nonzero(as_tuple=True)
+        return cls(position, latent, feats[position, latent].float())
 
 
 def reconstruction_terms(x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"], feats: Float[Tensor, "n s"],
@@ -207,6 +210,33 @@ def reconstruction_values(t: dict[str, Tensor], sum_x_norm_sq: Tensor, d_in: int
     }
 
 
+ACTIVATION_LOG10_RANGE = (-4.0, 3.0)
+"""The histogram of log10 non-zero activations spans these (100 bins)."""
+
+
+@dataclass(frozen=True)
+class ReconstructionBatch:
+    """One SAE's reconstruction sums over one batch's positions, before they are added to an accumulator.
+    Evaluations that splice the same encoding at the same positions add the same one."""
+
+    rows: Int[Tensor, " n"]
+    terms: Float[Tensor, "n k"]
+    x: Float[Tensor, "n d"]
+    """float64, on the CPU."""
+    fired: Float[Tensor, " s"]
+    act_hist: HistogramAccumulator
+
+    @classmethod
+    def of(cls, x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"], feats: Float[Tensor, "n s"],
+           rows: Int[Tensor, " n"], active: ActiveLatents | None = None) -> ReconstructionBatch:
+        """`active`: `ActiveLatents.of(feats)`, when the caller has it already (the latent-pair sums read it too)."""
+        active = ActiveLatents.of(feats) if active is None else active
+        hist = HistogramAccumulator(*ACTIVATION_LOG10_RANGE)
+        hist.update(torch.log10(active.value))
+        return cls(rows.cpu(), reconstruction_terms(x, x_hat, feats, active), x.detach().double().cpu(),
+                   torch.bincount(active.latent, minlength=feats.shape[1]).double().cpu(), hist)
+
+
 class ReconstructionAccumulator:
     """Per-row reconstruction sums, a d_in-wide Σx per row (explained variance), per-latent firing counts."""
 
@@ -215,18 +245,21 @@ class ReconstructionAccumulator:
         self.rows = RowSums(n_rows, RECONSTRUCTION_COLUMNS)
         self.sum_x = torch.zeros(n_rows, d_in, dtype=torch.float64)
         self.fired = torch.zeros(d_sae, dtype=torch.float64)
-        self.act_hist = HistogramAccumulator(-4.0, 3.0)  # log10 of non-zero activations
+        self.act_hist = HistogramAccumulator(*ACTIVATION_LOG10_RANGE)
 
     def update(self, x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"], feats: Float[Tensor, "n s"],
                rows: Int[Tensor, " n"], active: ActiveLatents | None = None) -> None:
-        """`active`: `ActiveLatents.of(feats)`, when the caller has it already (the latent-pair sums read it too)."""
-        if x.shape[0] == 0:
+        """`active`: `ActiveLatents.of(feats)`, when the caller has it already."""
+        if x.shape[0]:
+            self.add(ReconstructionBatch.of(x, x_hat, feats, rows, active))
+
+    def add(self, batch: ReconstructionBatch) -> None:
+        if batch.rows.numel() == 0:
             return
-        active = ActiveLatents.of(feats) if active is None else active
-        self.rows.add(rows, reconstruction_terms(x, x_hat, feats, active))
-        self.sum_x.index_add_(0, rows.cpu(), x.detach().double().cpu())
-        self.fired += torch.bincount(active.latent, minlength=self.fired.numel()).double().cpu()
-        self.act_hist.update(torch.log10(active.value))
+        self.rows.add(batch.rows, batch.terms)
+        self.sum_x.index_add_(0, batch.rows, batch.x)
+        self.fired += batch.fired
+        self.act_hist.add(batch.act_hist)
 
     @property
     def n(self) -> float:
@@ -346,17 +379,19 @@ def downstream_terms(clean: Float[Tensor, "n w"], spliced: Sequence[Float[Tensor
         logits = unembed(clean[rows]).float()
         kept = logits[:, :keep_vocab]
         lp, p = torch.log_softmax(kept, dim=-1), torch.softmax(kept, dim=-1)  # softmax: cheaper than exp
-        h = torch.linalg.vecdot(p, lp)  # Σ_v p log p
-        neg_entropy.append(h)
         nll_clean.append(-lp.gather(-1, t[rows]).squeeze(-1))
+        # Σ_v p log p in lp's place, once its targets are read: the sums of `linalg.vecdot`, whose CPU kernel
+        # writes the product to a fresh [positions, vocab] tensor first
+        h = lp.mul_(p).sum(-1)
+        neg_entropy.append(h)
         if logits.shape[-1] > keep_vocab:  # mass on the rows beyond the base vocabulary (MetaMath's PAD)
             dropped.append(torch.log_softmax(logits, dim=-1)[:, keep_vocab:].exp().sum(-1))
         for key, a in baselines.items():
             kl_abl[key].append(h - p @ a)
         for i, s in enumerate(spliced):
             log_q = torch.log_softmax(unembed(s[rows])[:, :keep_vocab].float(), dim=-1)
-            kl_sae[i].append(h - torch.linalg.vecdot(p, log_q))  # faster than (p * log_q).sum on CPU
             nll_sae[i].append(-log_q.gather(-1, t[rows]).squeeze(-1))
+            kl_sae[i].append(h - log_q.mul_(p).sum(-1))  # as h
     has_next = targets >= 0
     ones = has_next.new_ones(has_next.shape, dtype=torch.float32)
     zero = torch.zeros_like(ones)
