@@ -42,7 +42,10 @@ install_import_hook(_checked_modules(), "beartype.beartype")
 # runs after this module is imported; we therefore look at sys.argv directly).
 from saetransfer.offline import set_offline_environment  # noqa: E402 (imports only os)
 
-set_offline_environment(allow_hub="--hub" in sys.argv)
+if not ("PYTEST_XDIST_WORKER" in os.environ and sys.argv[:1] == ["-c"]):
+    # An xdist worker's sys.argv is `-c` (execnet), not the user's, so --hub is invisible there; the
+    # worker inherits the environment its controller set here before starting it: the choice made.
+    set_offline_environment(allow_hub="--hub" in sys.argv)
 
 
 # 2. ---------------------------------------------------------------------------------------------

@@ -49,3 +49,20 @@ def test_importing_it_loads_no_hub_library_or_torch() -> None:
             "heavy = {'torch', 'huggingface_hub', 'transformers', 'datasets', 'sae_lens'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
+
+
+@pytest.mark.parametrize("hub", [True, False], ids=["hub", "offline"])
+def test_xdist_workers_follow_the_controllers_hub_option(tmp_path, hub: bool) -> None:
+    """A worker's sys.argv is not the user's: `pytest -n 2 --hub` once ran its workers offline."""
+    import os
+
+    (tmp_path / "test_probe.py").write_text(
+        "import os\n"
+        f"def test_probe():\n    assert os.environ.get('HF_HUB_OFFLINE') == {None if hub else '1'!r}\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    env = {k: v for k, v in os.environ.items() if k not in HUB_OFFLINE and not k.startswith("PYTEST_XDIST")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    args = ["-n", "1", "-p", "conftest", "-p", "no:cacheprovider", "-q", "test_probe.py", *(["--hub"] if hub else [])]
+    proc = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
