@@ -1,6 +1,7 @@
 """Command line: `python -m saetransfer {evidence,run,report,pairs,zoo} ...`.
 
-- evidence [PYTEST ARGS]  the main job: run the findings (tiny zoo by default) and write the report
+- evidence [PYTEST ARGS]  the main job: run the findings (tiny zoo by default; without a selection in
+                          up to 2 xdist workers) and write the report
 - run PAIR                a pair's full result as JSON, for scripts and notebooks
 - report                  re-render reports/ from the records on disk, without recomputing
 - pairs                   list the registry
@@ -19,13 +20,35 @@ def _offline_unless(allow_hub: bool) -> None:
     set_offline_environment(allow_hub=allow_hub)
 
 
+EVIDENCE_WORKERS = 2
+"""pytest-xdist workers for a whole evidence run (at most one per core): two halve the zoo's cold run on
+2 cores (3 min 40 s in one process, 2 min in two), and each worker holds its own pair's two models (a Hub
+pair on a CPU takes ~5 GB), so more are the user's choice (`-n N`)."""
+
+_CHOOSES_PROCESSES = ("-n", "--numprocesses", "--dist", "--pdb", "--trace", "--gpu", "-k", "-m")
+"""Options after which `evidence` adds no workers: xdist's own, the debuggers (which xdist refuses),
+--gpu (the README's `-n N` gives one worker per listed GPU) and a selection (often one pass, which one
+process computes fastest: a worker's torch threads are the cores divided by the workers)."""
+
+
+def evidence_args(args: list[str], cores: int) -> list[str]:
+    """pytest's arguments for `evidence ARGS`: -v, then min(cores, EVIDENCE_WORKERS) xdist workers unless
+    `args` choose (an option of `_CHOOSES_PROCESSES`, `-nN`/`-kEXPR`, `-p no:xdist`), then `args`."""
+    chosen = any(a.split("=")[0] in _CHOOSES_PROCESSES or a[:2] in ("-n", "-k", "-m") or a.endswith("no:xdist")
+                 for a in args)
+    workers = [] if chosen else ["-n", str(max(1, min(cores, EVIDENCE_WORKERS)))]
+    return ["-v", *workers, *args]  # -v: one line per finding as it completes (a -q in args reduces it)
+
+
 def _evidence(args: list[str]) -> int:
+    import os
+
     import pytest
 
     from saetransfer.paths import REPO_ROOT, REPORTS
 
-    # -v: one line per finding as it completes, the evidence run's progress (a -q in args reduces it again)
-    code = pytest.main([str(REPO_ROOT / "findings"), "-v", *args])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    code = pytest.main([str(REPO_ROOT / "findings"), *evidence_args(args, cores)])
     print(f"\nreport: {REPORTS / 'README.md'}  (HTML: {REPORTS / 'report.html'})")
     return int(code)
 
