@@ -22,7 +22,9 @@ the floor interleaved, after the first, cold call):
   computes the same point metrics (no bootstrap intervals, verdicts or worst-token tables, so post_s is
   a lower bound) and must reproduce ours within `saetransfer.rounding.TOLERANCES`: `post_matches_ours`
   and the number of compared metrics are recorded, and the run fails otherwise.
-- `peak_n_mb`, `peak_8n_mb`: RSS high-water of `evaluate_group` at N and 8N tokens, each in a fresh process.
+- `peak_n_mb`, `peak_8n_mb`: RSS high-water of `evaluate_group` at N and 8N tokens, each in a fresh process,
+  median of `--repeats` such processes (`peak_runs_mb`): one process's peak varies by about 10 % here
+  (the libraries and models are most of it; the allocator's growth decides the rest).
 - `breakdown`: cProfile of one run of ours and one of the floor (process CPU time, so other load on a
   shared machine does not land in it), every function's own time charged to a group by `function_group`
   and built-ins to their callers, so it follows the code through refactors of engine.py's internals.
@@ -898,14 +900,16 @@ def main() -> None:
         return
     import torch
 
-    if not args.no_peak:  # first, each in a fresh process
-        n = _peak(args, args.peak_tokens)
-        big = _peak(args, 8 * args.peak_tokens)
+    if not args.no_peak:  # first, each in a fresh process, N and 8N interleaved `--repeats` times
+        runs = [(_peak(args, args.peak_tokens), _peak(args, 8 * args.peak_tokens)) for _ in range(args.repeats)]
+        n, big = ({**r[0], "peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in r),
+                   "runs_mb": [x["peak_rss_mb"] for x in r]} for r in zip(*runs))
     out = measure(args.pair, args.dataset, args.axes, args.tokens, gpu=args.gpu, repeats=args.repeats,
                   post=not args.no_post, profile=not args.no_profile)
     if not args.no_peak:
         out.update(peak_n_tokens=n["n_tokens"], peak_8n_tokens=big["n_tokens"], peak_n_mb=n["peak_rss_mb"],
-                   peak_8n_mb=big["peak_rss_mb"], peak_8n_over_n=big["peak_rss_mb"] / n["peak_rss_mb"])
+                   peak_8n_mb=big["peak_rss_mb"], peak_8n_over_n=big["peak_rss_mb"] / n["peak_rss_mb"],
+                   peak_runs_mb={"n": n["runs_mb"], "8n": big["runs_mb"]})
         if args.gpu:
             out.update(peak_cuda_n_mb=n["peak_cuda_mb"], peak_cuda_8n_mb=big["peak_cuda_mb"])
     out["targets"] = {}

@@ -32,12 +32,13 @@ process computes fastest: a worker's torch threads are the cores divided by the 
 
 
 def evidence_args(args: list[str], cores: int) -> list[str]:
-    """pytest's arguments for `evidence ARGS`: -v, then min(cores, EVIDENCE_WORKERS) xdist workers unless
+    """pytest's arguments for `evidence ARGS`: -v (a line per finding as it completes), then
+    min(cores, EVIDENCE_WORKERS) xdist workers unless that is one (a lone worker is one process more) or
     `args` choose (an option of `_CHOOSES_PROCESSES`, `-nN`/`-kEXPR`, `-p no:xdist`), then `args`."""
     chosen = any(a.split("=")[0] in _CHOOSES_PROCESSES or a[:2] in ("-n", "-k", "-m") or a.endswith("no:xdist")
                  for a in args)
-    workers = [] if chosen else ["-n", str(max(1, min(cores, EVIDENCE_WORKERS)))]
-    return ["-v", *workers, *args]  # -v: one line per finding as it completes (a -q in args reduces it)
+    workers = min(cores, EVIDENCE_WORKERS)
+    return ["-v", *([] if chosen or workers < 2 else ["-n", str(workers)]), *args]
 
 
 def _evidence(args: list[str]) -> int:

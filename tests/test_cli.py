@@ -57,7 +57,8 @@ def test_evidence_runs_in_workers_unless_the_user_chooses():
     from saetransfer.__main__ import EVIDENCE_WORKERS, evidence_args
 
     assert evidence_args([], cores=2) == ["-v", "-n", "2"]
-    assert evidence_args(["--hub", "-q"], cores=1) == ["-v", "-n", "1", "--hub", "-q"]
+    assert evidence_args(["--hub", "-q"], cores=3) == ["-v", "-n", "2", "--hub", "-q"]
+    assert evidence_args([], cores=1) == ["-v"]
     assert evidence_args([], cores=64) == ["-v", "-n", str(EVIDENCE_WORKERS)]
     for chosen in (["-n", "4"], ["-n4"], ["--numprocesses=3"], ["-p", "no:xdist"], ["--pdb"], ["--gpu"],
                    ["--dist", "no"], ["-k", "code"], ["-kcode"], ["-m", "not slow"]):
