@@ -20,6 +20,13 @@ TOLERANCES: tuple[tuple[str, float, float], ...] = (
     (r"kl_|dropped_vocab", 0.05, 1e-4),                    # small positive numbers: relative noise is large
     (r"score|recovered|correlation|fraction", 0.0, 2e-3),  # bounded ratios near 1
     (r"cosine|r2|explained_variance", 0.0, 1e-3),
+    # the loss delta (spliced minus clean CE, and its excess over the base's): a difference of two ~5-nat
+    # means, so its rounding noise is absolute, not relative. On another CPU host (vector kernels sum the
+    # vocabulary in another order) it moved by 4e-6 nats on the zoo; 1e-4 nats is 25x that and a thousandth
+    # of the verdict's +0.1-nat bar. Its ratio to the base's delta carries that noise divided by the base's
+    # delta: 1e-2 holds down to a 0.01-nat base delta
+    (r"ce_delta_ratio", 2e-3, 1e-2),
+    (r"ce_delta", 2e-3, 1e-4),
     (r".*", 2e-3, 1e-6),                                   # losses, norms, L0, MSE
 )
 HISTOGRAM_TOLERANCE = 0.01

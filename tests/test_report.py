@@ -352,6 +352,32 @@ def test_committed_evidence_survives_float_noise_and_a_flipped_count(tmp_path: P
     assert all_files(tmp_path / "records") != outputs[0][0]
 
 
+def test_texts_follow_the_numbers_they_quote(tmp_path: Path) -> None:
+    """A loss delta that moved by another CPU host's 4e-6 nats, and the reasons that print it and an interval
+    bound a digit apart, change no committed byte; a reason whose words change does."""
+    pair = next(p for p in load_registry(registry_files(())) if p.id == "tiny-gpt2__code")
+    data = zoo_result("code").to_dict()
+    records = tmp_path / "records"
+    commit_record(records, pair, PairResult.from_dict(data))
+    committed = all_files(records)
+
+    def nudged(text: str) -> str:  # every quoted number one unit off in its last printed digit
+        return re.sub(r"\d\b", lambda m: str((int(m.group()) + 1) % 10), text)
+
+    noisy = json.loads(json.dumps(data))
+    noisy["sae"]["finetune"]["ce_delta"] += 4e-6
+    noisy["comparisons"]["ce_delta_excess"]["value"] += 4e-6
+    noisy["verdict"]["reasons"] = [nudged(r) for r in noisy["verdict"]["reasons"]]
+    assert noisy["verdict"]["reasons"] != data["verdict"]["reasons"]
+    commit_record(records, pair, PairResult.from_dict(noisy))
+    assert all_files(records) == committed
+
+    reworded = json.loads(json.dumps(noisy))
+    reworded["verdict"]["reasons"][0] += " (reworded)"
+    commit_record(records, pair, PairResult.from_dict(reworded))
+    assert all_files(records) != committed
+
+
 def test_partial_run_keeps_other_rows(tmp_path: Path, rendered) -> None:
     root, _ = rendered
     records, out = tmp_path / "records", tmp_path / "out"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from saetransfer.report.fmt import num
-from saetransfer.rounding import round_significant
+from saetransfer.rounding import round_significant, snap_to_stored
 
 
 def test_round_significant() -> None:
@@ -18,3 +18,13 @@ def test_round_significant() -> None:
 
 def test_the_report_shows_the_stored_digits() -> None:
     assert num(0.987654) == "0.9877" == str(round_significant(0.987654))
+
+
+def test_a_loss_delta_keeps_its_committed_value_across_cpu_noise_but_not_across_a_change() -> None:
+    # values of the zoo's lerp50 TopK record written on two CPU hosts (a difference of two 4.803-nat CEs)
+    assert snap_to_stored(0.0001636, 0.00016, "ce_delta") == 0.00016
+    assert snap_to_stored(0.0102, 0.009969, "ce_delta_ratio") == 0.009969
+    assert snap_to_stored(-0.0147, -0.01501, "ce_delta_ratio") == -0.01501
+    assert snap_to_stored(0.0004, 0.00016, "ce_delta") == 0.0004  # +0.24 millinats is a real move
+    assert snap_to_stored(0.03, 0.009969, "ce_delta_ratio") == 0.03
+    assert snap_to_stored(0.0001636, 0.00016, "ce_clean") == 0.0001636  # other losses keep their tolerance
