@@ -175,10 +175,12 @@ class ActiveLatents:
 
     @classmethod
     def of(cls, feats: Float[Tensor, "n s"]) -> ActiveLatents:
-        # NaN and inf are non-zero too, so they stay visible; the 2-d nonzero is cheaper than the flat one
-        # with its index arithmetic
-        position, latent = feats.nonzero(as_tuple=True)
-        return cls(position, latent, feats[position, latent].float())
+        # NaN and inf are non-zero too, so they stay visible (-0.0 is zero, as for `nonzero`). The flat indices
+        # of a bool mask, then the arithmetic: about a fifth cheaper on the CPU than the 2-d `nonzero` of the
+        # float matrix, which is the largest cost of the pass beyond the floor's own work
+        flat = (feats != 0).view(-1).nonzero().squeeze(1)
+        position = torch.div(flat, feats.shape[1], rounding_mode="floor")
+        return cls(position, flat - position * feats.shape[1], feats.reshape(-1).take(flat).float())
 
 
 def reconstruction_terms(x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"], feats: Float[Tensor, "n s"],

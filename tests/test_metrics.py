@@ -56,6 +56,19 @@ def test_constant_activations_give_undefined_explained_variance():
     assert math.isnan(recon(x, x * 0.5, torch.ones(8, 3))["explained_variance"])
 
 
+SPARSE = st.sampled_from([0.0, -0.0, math.nan, math.inf, -math.inf]) | FLOATS
+"""Latent values: mostly zero, with the signed zero and the non-finite values `ActiveLatents` must tell apart."""
+
+
+@given(matrices(rows=(0, 24), elements=SPARSE))
+def test_active_latents_are_the_nonzero_entries_in_row_major_order(feats):
+    active = metrics.ActiveLatents.of(feats)
+    position, latent = feats.nonzero(as_tuple=True)  # the reference: non-finite is non-zero, -0.0 is zero
+    assert torch.equal(active.position, position) and torch.equal(active.latent, latent)
+    assert torch.equal(active.value.isnan(), feats[position, latent].isnan())
+    assert torch.equal(active.value.nan_to_num(), feats[position, latent].nan_to_num())
+
+
 @given(matrices(), st.randoms(use_true_random=False))
 def test_permuting_latents_changes_nothing(feats, rnd):
     x = torch.randn(feats.shape[0], 3, generator=torch.Generator().manual_seed(0))
