@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -91,7 +89,7 @@ def main() -> None:
     if args.child:
         _child(args.child[0], args.child[1], int(args.child[2]))
         return
-    import torch
+    import machine
 
     runs = []
     for kind in ("engine", "saelens"):
@@ -104,9 +102,7 @@ def main() -> None:
             print(json.dumps(run))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({
-        "pair": args.pair, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                       "python": platform.python_version(), "torch": torch.__version__,
-                                       "torch_threads": torch.get_num_threads()},
+        "pair": args.pair, "machine": machine.describe(),
         "note": "engine = findings 1-4 for both models in one pass (incl. model loading); saelens = run_evals "
                 "on base and finetune over the same tokens (reconstruction, CE/KL, sparsity only)",
         "runs": runs}, indent=1) + "\n")

@@ -917,8 +917,9 @@ def main() -> None:
         value = out.get(key)
         met = None if value is None else (value <= bound if op == "<=" else value >= bound)
         out["targets"][key] = {"target": f"{op} {bound}", "value": value, "met": met}
-    out["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                      "torch": torch.__version__, "load_average": os.getloadavg()}
+    from machine import describe
+
+    out["machine"] = describe()
     out["allocator"] = {**{k: os.environ.get(k) for k in ALLOCATOR},
                         "why": "glibc allocates from the heap only, in the timing process: neither side pays page "
                                "faults of fresh mappings (ALLOCATOR in benchmarks/bench_floor.py)"}

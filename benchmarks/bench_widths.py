@@ -31,7 +31,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -315,7 +314,7 @@ def main() -> None:
     if args.child:
         _child(args.child[0], args.child[1], Path(args.child[2]))
         return
-    import torch
+    import machine
 
     previous = json.loads(args.out.read_text())["shapes"] if args.out.exists() else {}
     shapes = {k: v for k, v in previous.items() if k in SHAPES}
@@ -340,8 +339,7 @@ def main() -> None:
         shapes[name] = record
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                        "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
+            "machine": machine.describe(),
             "note": "random stand-ins with the real widths, fp32 on the CPU; engine seconds (wall) include model "
                     "loading; cpu_seconds is the step's process CPU time (user + system), less sensitive than wall "
                     "time to other jobs on the machine (load_average_1min: before, after); peak_rss_mb is each "

@@ -305,9 +305,9 @@ def run_bench(work: Path, shape: dict[str, Any]) -> dict[str, Any]:
 def _device() -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
-                            "cpus": os.cpu_count(), "platform": platform.platform(),
-                            "python": platform.python_version()}
+    import machine
+
+    info: dict[str, Any] = {**machine.describe(), "cuda_available": torch.cuda.is_available()}
     if torch.cuda.is_available():
         info.update(name=torch.cuda.get_device_name(0), count=torch.cuda.device_count(), cuda=torch.version.cuda)
     else:

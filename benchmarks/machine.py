@@ -1,0 +1,36 @@
+"""The machine a benchmark ran on, as every results JSON records it (a library for the scripts, not a script).
+
+Timings here move with the host, not only with the load: the same 2-core machine kind has run on CPU hosts
+whose timings differed by 2.7x, and torch dispatches other vector kernels by the CPU's capability (AVX2,
+AVX512), which also moves the last digits of the metrics. So the CPU and torch's kernel level are recorded
+beside the core count.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty off Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    first = text.split("\n\n", 1)[0]
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines()) if v}
+
+
+def describe() -> dict[str, Any]:
+    import torch
+
+    info = _cpuinfo()
+    cpu = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info:
+        cpu += f" (family {info['cpu family']}, model {info.get('model', '?')})"
+    return {"cpus": os.cpu_count(), "cpu": cpu, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()}
