@@ -329,15 +329,18 @@ def ablation_log_probs(ablated_logits: Float[Tensor, " v"], keep_vocab: int) -> 
     return token_log_probs(ablated_logits.unsqueeze(0), keep_vocab)[0].squeeze(0)
 
 
-CPU_BLOCK_ELEMENTS = 2**19
-"""Positions x vocabulary per block of logits on CPU (2 MiB in fp32). A block's logits, log-probabilities and
-temporaries stay in cache from the unembedding to the last sum over them, and come from the heap;
-a whole chunk's ([positions, vocab]: 32 MiB for 2048 positions of a 4096 vocabulary) would each be a fresh
-mapping from glibc (allocations above its 32 MiB mmap ceiling always are), page-faulting on every write, and
-would go through memory. Elsewhere (CUDA) a chunk is one block."""
+CPU_BLOCK_ELEMENTS = 2**20
+"""Positions x vocabulary per block of logits on CPU (4 MiB in fp32). A block's logits, log-probabilities and
+temporaries stay in the last-level cache from the unembedding to the last sum over them, and come from the
+heap; a whole chunk's ([positions, vocab]: 32 MiB for 2048 positions of a 4096 vocabulary) would each be a
+fresh mapping from glibc (allocations above its 32 MiB mmap ceiling always are), page-faulting on every write,
+and would go through memory. Not smaller: the unembedding's matrix product loses efficiency on few rows (on an
+AVX2 host, 2040 x 128 @ 128 x 4096 took 40 ms in 128-row blocks, 29 ms in 512-row ones, 25 ms whole), and at
+2 MiB blocks the zoo's pass took 20.4 s where 4 MiB took 18.0 s (`benchmarks/bench_floor.py`, 32,768 tokens).
+Elsewhere (CUDA) a chunk is one block."""
 MIN_BLOCK_POSITIONS = 128
 """A block holds at least this many positions however wide the vocabulary. Each block's unembedding reads the
-whole d_model x vocab matrix: Gemma's (2048 x 256k, 2 GiB in fp32) read for a block of 2 positions (2^19
+whole d_model x vocab matrix: Gemma's (2048 x 256k, 2 GiB in fp32) read for a block of 4 positions (2^20
 elements) would make that product bound by memory, not arithmetic; at 128 positions the read is a small part
 of the product, whose arithmetic dwarfs the vocabulary-wide CE/KL work then out of cache."""
 

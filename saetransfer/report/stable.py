@@ -1,6 +1,6 @@
 """What a record commits, so that a findings run elsewhere (another CPU, `-n 2`) leaves the evidence unchanged.
 
-Two rules (issue 9.5):
+Three rules (issue 9.5; the third for another CPU host's texts):
 
 1. Floats to 4 significant digits (what the snapshots keep and the report shows), and the values
    that cannot be made stable are not committed (emptied, so the record still parses): per-latent
