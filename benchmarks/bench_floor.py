@@ -917,9 +917,9 @@ def main() -> None:
         value = out.get(key)
         met = None if value is None else (value <= bound if op == "<=" else value >= bound)
         out["targets"][key] = {"target": f"{op} {bound}", "value": value, "met": met}
-    from machine import describe
+    import machine
 
-    out["machine"] = describe()
+    out["machine"] = machine.describe()
     out["allocator"] = {**{k: os.environ.get(k) for k in ALLOCATOR},
                         "why": "glibc allocates from the heap only, in the timing process: neither side pays page "
                                "faults of fresh mappings (ALLOCATOR in benchmarks/bench_floor.py)"}

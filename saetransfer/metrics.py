@@ -180,7 +180,7 @@ class ActiveLatents:
         # float matrix, which is the largest cost of the pass beyond the floor's own work
         flat = (feats != 0).view(-1).nonzero().squeeze(1)
         position = torch.div(flat, feats.shape[1], rounding_mode="floor")
-        return cls(position, flat - position * feats.shape[1], feats.reshape(-1).take(flat).float())
+        return cls(position, flat - position * feats.shape[1], feats.take(flat).float())
 
 
 def reconstruction_terms(x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"], feats: Float[Tensor, "n s"],
