@@ -34,8 +34,8 @@ that page faults of fresh mappings, which depend on what the process freed befor
 
 Usage: python benchmarks/bench_floor.py [--pair tiny-gpt2__code] [--dataset prose] [--axes primary|all]
            [--tokens 131072] [--repeats 3] [--peak-tokens 16384] [--gpu] [--no-peak] [--no-post] [--no-profile]
-Output: benchmarks/results/floor.json (one object per (pair, dataset, axes, tokens, device); a rerun
-replaces its entry)
+Output: benchmarks/results/floor.json (one object per (pair, dataset, axes, tokens, device, host CPU and torch
+kernel level); a rerun on the same kind of host replaces its entry)
 """
 
 from __future__ import annotations
@@ -926,8 +926,14 @@ def main() -> None:
     out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     entries = json.loads(args.out.read_text()) if args.out.exists() else []
-    same = ("pair", "dataset", "axes", "tokens", "device")
-    entries = [e for e in entries if tuple(e.get(k) for k in same) != tuple(out[k] for k in same)]
+    # one entry per measurement and host kind: hosts of one machine kind differ 2.7x in speed and in torch's
+    # kernel level, and the ratios move with them, so a run elsewhere adds to the file instead of replacing it
+    def key(e: dict[str, Any]) -> tuple[Any, ...]:
+        host = e.get("machine", {})
+        return (*(e.get(k) for k in ("pair", "dataset", "axes", "tokens", "device")), host.get("cpu"),
+                host.get("torch_cpu_capability"))
+
+    entries = [e for e in entries if key(e) != key(out)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(entries + [out], indent=1) + "\n")
     summary = {k: out.get(k) for k in ("pair", "tokens", "floor_s", "ours_s", "load_s", "post_s", "ours_over_floor",
