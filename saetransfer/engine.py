@@ -187,7 +187,7 @@ class _Encoded:
         latents' check reads only the active entries instead of the [n, d_sae] matrix."""
         bad = torch.zeros(self.feats.shape[0], dtype=torch.bool, device=self.feats.device)
         bad[self.active.position[~torch.isfinite(self.active.value)]] = True
-        return ~bad & torch.isfinite(self.x_hat).all(-1)
+        return ~bad & metrics.finite_rows(self.x_hat)
 
     def subset(self, keep: Bool[Tensor, " n"]) -> _Encoded:
         if bool(keep.all()):  # the usual case (every candidate kept): no copy of the [n, d_sae] latents
@@ -617,7 +617,7 @@ def _batch_step(members: Sequence[_Member], models: dict[str, Any], acts: dict[s
     masks: dict[int, dict[str, Tensor]] = {}
     for s in {m.start for m in members}:
         cal = calibration[s]
-        fin = {r: torch.isfinite(acts[r][s]).all(-1) for r in models}
+        fin = {r: metrics.finite_rows(acts[r][s]) for r in models}
         norm = {r: acts[r][s].float().norm(dim=-1) for r in models}
         out = {r: fin[r] & ~is_special & (norm[r] > cal.threshold[r]) for r in models}
         masks[s] = {"candidate": ~is_special & fin["base"] & fin["finetune"] & ~out["base"] & ~out["finetune"],
@@ -679,7 +679,7 @@ def _batch_step(members: Sequence[_Member], models: dict[str, Any], acts: dict[s
         for role, by in stacked.items():
             ok = torch.ones(int(spliced_at.sum()), dtype=torch.bool, device=spliced_at.device)
             for t in by.values():
-                ok &= torch.isfinite(t).all(-1).to(ok.device)
+                ok &= metrics.finite_rows(t).to(ok.device)
             logits_ok[role] = ok
         _accumulate(m, acts, batch, row, masks[m.start], is_special, active, sae_ok, spliced_at, logits_ok, stacked,
                     work)

@@ -47,6 +47,13 @@ def cosine(a: Float[Tensor, "*tok d"], b: Float[Tensor, "*tok d"]) -> Float[Tens
     return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1, eps=1e-12)
 
 
+def finite_rows(x: Float[Tensor, "*n d"]) -> Bool[Tensor, "*n"]:
+    """Whether every entry of each row (last dimension) is finite. A row's max and min are both finite exactly
+    when all of it is (NaN propagates through `amax`/`amin`, ±inf is its own extreme): on the CPU about six times
+    cheaper than `isfinite(x).all(-1)`, which writes a bool per entry and then reduces it."""
+    return torch.isfinite(x.amax(-1)) & torch.isfinite(x.amin(-1))
+
+
 def pearson_from_sums(n: float, sx: Tensor, sy: Tensor, sxx: Tensor, syy: Tensor, sxy: Tensor) -> Tensor:
     """Pearson r per column from running sums (float64); NaN where either side is constant."""
     cov = n * sxy - sx * sy
@@ -172,15 +179,18 @@ class ActiveLatents:
     latent: Int[Tensor, " k"]
     value: Float[Tensor, " k"]
     """fp32."""
+    flat: Int[Tensor, " k"]
+    """position x n_latents + latent: where each entry is in the flattened matrix (`Tensor.take` reads it)."""
 
     @classmethod
     def of(cls, feats: Float[Tensor, "n s"]) -> ActiveLatents:
-        # NaN and inf are non-zero too, so they stay visible (-0.0 is zero, as for `nonzero`). The flat indices
-        # of a bool mask, then the arithmetic: about a fifth cheaper on the CPU than the 2-d `nonzero` of the
-        # float matrix, which is the largest cost of the pass beyond the floor's own work
-        flat = (feats != 0).view(-1).nonzero().squeeze(1)
+        # NaN and inf are non-zero too, so they stay visible (-0.0 is zero, as for `nonzero`): `Tensor.bool()` is
+        # `!= 0`, about four times cheaper on the CPU than the comparison. The flat indices of that mask, then
+        # the arithmetic: about a fifth cheaper than the 2-d `nonzero` of the float matrix, which is the largest
+        # cost of the pass beyond the floor's own work
+        flat = feats.bool().view(-1).nonzero().squeeze(1)
         position = torch.div(flat, feats.shape[1], rounding_mode="floor")
-        return cls(position, flat - position * feats.shape[1], feats.take(flat).float())
+        return cls(position, flat - position * feats.shape[1], feats.take(flat).float(), flat)
 
 
 def reconstruction_terms(x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"], feats: Float[Tensor, "n s"],
@@ -476,7 +486,7 @@ class LatentPairAccumulator:
         zeros = torch.zeros(d_sae, dtype=torch.float64, device=dev)
         # entries where the base latent is non-zero: its sums, the cross-sums, the log error there
         a = ActiveLatents.of(base) if active_base is None else active_base
-        b, f_at_b = a.value.double(), ft.take(a.position * d_sae + a.latent).double()
+        b, f_at_b = a.value.double(), ft.take(a.flat).double()
         key = half[a.position] * d_sae + a.latent
         sums[0].index_add_(0, key, b)
         sums[2].index_add_(0, key, b * b)
@@ -486,7 +496,7 @@ class LatentPairAccumulator:
         max_base = zeros.scatter_reduce(0, a.latent, b, "amax")
         # entries where the finetune latent is non-zero: its sums, and the log error where the base one is 0
         a = ActiveLatents.of(ft) if active_ft is None else active_ft
-        f, b_at_f = a.value.double(), base.take(a.position * d_sae + a.latent)
+        f, b_at_f = a.value.double(), base.take(a.flat)
         key = half[a.position] * d_sae + a.latent
         sums[1].index_add_(0, key, f)
         sums[3].index_add_(0, key, f * f)
