@@ -36,7 +36,7 @@ improves the verdict. CE recovered and the loss delta are deliberately not monot
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -63,6 +63,10 @@ class SaeQuality:
     ce_delta: float | None = None
     """CE with the SAE spliced in - clean CE, nats."""
     d_sae: int | None = None
+
+
+_METRICS = tuple(f.name for f in fields(SaeQuality) if f.name != "d_sae")
+"""The metrics an `SaeQuality` holds (its d_sae is the SAE's width)."""
 
 
 @dataclass(frozen=True)
@@ -205,22 +209,31 @@ def _n(x: float) -> str:
     return f"{x:.3g}"
 
 
-def _higher(value: float, ok: float, bad: float) -> tuple[Grade, str]:
+def _unsaid(x: float) -> str:
+    """`decide(explain=False)`'s number format: none (a bootstrap replicate's reasons are never read)."""
+    return ""
+
+
+Say = Callable[[float], str]
+"""How a line's reason writes its numbers: `_n`, or `_unsaid` where only the grades are read."""
+
+
+def _higher(value: float, ok: float, bad: float, n: Say = _n) -> tuple[Grade, str]:
     """Grade a higher-is-better number, with the comparison that decided it."""
     if value >= ok:
-        return "ok", f"{_n(value)} >= {_n(ok)}"
+        return "ok", f"{n(value)} >= {n(ok)}"
     if value >= bad:
-        return "weak", f"{_n(value)} in [{_n(bad)}, {_n(ok)})"
-    return "bad", f"{_n(value)} < {_n(bad)}"
+        return "weak", f"{n(value)} in [{n(bad)}, {n(ok)})"
+    return "bad", f"{n(value)} < {n(bad)}"
 
 
-def _lower(value: float, ok: float, bad: float) -> tuple[Grade, str]:
+def _lower(value: float, ok: float, bad: float, n: Say = _n) -> tuple[Grade, str]:
     """Grade a lower-is-better number."""
     if value <= ok:
-        return "ok", f"{_n(value)} <= {_n(ok)}"
+        return "ok", f"{n(value)} <= {n(ok)}"
     if value <= bad:
-        return "weak", f"{_n(value)} in ({_n(ok)}, {_n(bad)}]"
-    return "bad", f"{_n(value)} > {_n(bad)}"
+        return "weak", f"{n(value)} in ({n(ok)}, {n(bad)}]"
+    return "bad", f"{n(value)} > {n(bad)}"
 
 
 def _worst(grades: list[Grade]) -> Grade:
@@ -242,14 +255,12 @@ def _clean(q: SaeQuality, side: str, d_sae: int | None) -> tuple[dict[str, float
     """The usable metric values of `q` (NaN/impossible -> None) and one flag per dropped value."""
     values: dict[str, float | None] = {}
     flags = []
-    for f in fields(q):
-        if f.name == "d_sae":
-            continue
-        value = getattr(q, f.name)
-        problem = None if value is None else _problem(f.name, float(value), d_sae)
+    for name in _METRICS:
+        value = getattr(q, name)
+        problem = None if value is None else _problem(name, float(value), d_sae)
         if problem:
-            flags.append(f"{_NAMES[f.name]} on the {side} is {problem}: treated as not measured")
-        values[f.name] = None if value is None or problem else float(value)
+            flags.append(f"{_NAMES[name]} on the {side} is {problem}: treated as not measured")
+        values[name] = None if value is None or problem else float(value)
     return values, flags
 
 
@@ -282,25 +293,25 @@ def _gate(b: dict[str, float | None], d_sae: int | None, t: Thresholds) -> list[
     return out
 
 
-def _floor_only(metric: str, f: float, below: bool, floor: float, unit: str = "") -> Line:
+def _floor_only(metric: str, f: float, below: bool, floor: float, unit: str = "", n: Say = _n) -> Line:
     """Base value missing: only a finetune value that fails the base's own floor says anything (bad)."""
     if below:
-        return Line(metric, "bad", f"{metric} {_n(f)}{unit} on the finetune fails the floor a base SAE must meet "
-                                    f"({_n(floor)}{unit}; no base value to compare) (bad)")
-    return Line(metric, None, f"{metric} {_n(f)}{unit} on the finetune: no base value to compare, not counted")
+        return Line(metric, "bad", f"{metric} {n(f)}{unit} on the finetune fails the floor a base SAE must meet "
+                                    f"({n(floor)}{unit}; no base value to compare) (bad)")
+    return Line(metric, None, f"{metric} {n(f)}{unit} on the finetune: no base value to compare, not counted")
 
 
-def _ev_line(b: float | None, f: float | None, t: Thresholds) -> Line | None:
+def _ev_line(b: float | None, f: float | None, t: Thresholds, n: Say = _n) -> Line | None:
     if f is None:
         return None
     if b is None:
-        return _floor_only(_EV, f, f < t.base_min_explained_variance, t.base_min_explained_variance)
-    grade, why = _higher(f / b, t.ev_ratio_ok, t.ev_ratio_bad)  # the gate keeps b > 0
-    return Line(_EV, grade, f"{_EV} {_n(f)} vs {_n(b)} on the base (ratio {why}) ({grade})")
+        return _floor_only(_EV, f, f < t.base_min_explained_variance, t.base_min_explained_variance, n=n)
+    grade, why = _higher(f / b, t.ev_ratio_ok, t.ev_ratio_bad, n)  # the gate keeps b > 0
+    return Line(_EV, grade, f"{_EV} {n(f)} vs {n(b)} on the base (ratio {why}) ({grade})")
 
 
 def _score_line(metric: str, b: float | None, f: float | None, native: float | None, floor: float,
-                t: Thresholds, ceiling: float | None = None) -> Line | None:
+                t: Thresholds, ceiling: float | None = None, n: Say = _n) -> Line | None:
     """CE recovered or KL score: drop from the base, gap to the native SAE, and (CE) the >1 trap."""
     if f is None:
         return None
@@ -308,62 +319,63 @@ def _score_line(metric: str, b: float | None, f: float | None, native: float | N
     parts: list[str] = []
     if ceiling is not None and f > ceiling:
         grades.append("weak")
-        parts.append(f"is above {_n(ceiling)}: the splice lowers the finetune's loss, pulling it back toward the base "
+        parts.append(f"is above {n(ceiling)}: the splice lowers the finetune's loss, pulling it back toward the base "
                      "(not faithful)")
     if b is not None:
-        grade, why = _lower(b - f, t.score_drop_ok, t.score_drop_bad)
+        grade, why = _lower(b - f, t.score_drop_ok, t.score_drop_bad, n)
         grades.append(grade)
-        parts.append(f"vs {_n(b)} on the base (drop {why})")
+        parts.append(f"vs {n(b)} on the base (drop {why})")
     if native is not None:
-        grade, why = _lower(native - f, t.native_gap_ok, t.native_gap_bad)
+        grade, why = _lower(native - f, t.native_gap_ok, t.native_gap_bad, n)
         grades.append(grade)
-        parts.append(f"vs {_n(native)} for the native SAE (gap {why})")
+        parts.append(f"vs {n(native)} for the native SAE (gap {why})")
     if not grades:
-        return _floor_only(metric, f, f < floor, floor)
+        return _floor_only(metric, f, f < floor, floor, n=n)
     if b is None and native is None:  # only the >1 trap fired
         parts.append("no base value to compare")
     grade = _worst(grades)
-    return Line(metric, grade, f"{metric} {_n(f)} " + "; ".join(parts) + f" ({grade})")
+    return Line(metric, grade, f"{metric} {n(f)} " + "; ".join(parts) + f" ({grade})")
 
 
-def _delta_line(b: float | None, f: float | None, t: Thresholds) -> Line | None:
+def _delta_line(b: float | None, f: float | None, t: Thresholds, n: Say = _n) -> Line | None:
     if f is None:
         return None
     if f < t.min_ce_delta:
-        return Line(_DELTA, "weak", f"{_DELTA} {_n(f)} nats < {_n(t.min_ce_delta)} on the finetune: the splice lowers "
+        return Line(_DELTA, "weak", f"{_DELTA} {n(f)} nats < {n(t.min_ce_delta)} on the finetune: the splice lowers "
                                      "its loss, pulling it back toward the base, which is not faithful (weak)")
     if b is None:
-        return _floor_only(_DELTA, f, f > t.base_max_ce_delta, t.base_max_ce_delta, " nats")
+        return _floor_only(_DELTA, f, f > t.base_max_ce_delta, t.base_max_ce_delta, " nats", n)
     excess, ref = f - b, max(b, 0.0)  # a base delta <= 0 makes any positive finetune delta a growth
-    ratio = f"{_n(f / b)}x the base's" if b > 0 else "base delta <= 0"
+    ratio = f"{n(f / b)}x the base's" if b > 0 else "base delta <= 0"
     if excess > t.ce_delta_excess_bad and f > t.ce_delta_ratio_bad * ref:
-        grade, why = "bad", f"> {_n(t.ce_delta_ratio_bad)}x and > +{_n(t.ce_delta_excess_bad)} nats"
+        grade, why = "bad", f"> {n(t.ce_delta_ratio_bad)}x and > +{n(t.ce_delta_excess_bad)} nats"
     elif excess > t.ce_delta_excess_ok and f > t.ce_delta_ratio_ok * ref:
-        grade, why = "weak", f"> {_n(t.ce_delta_ratio_ok)}x and > +{_n(t.ce_delta_excess_ok)} nats"
+        grade, why = "weak", f"> {n(t.ce_delta_ratio_ok)}x and > +{n(t.ce_delta_excess_ok)} nats"
     else:
-        grade, why = "ok", f"<= {_n(t.ce_delta_ratio_ok)}x or <= +{_n(t.ce_delta_excess_ok)} nats"
-    return Line(_DELTA, grade, f"{_DELTA} {_n(f)} vs {_n(b)} nats on the base ({ratio}, {excess:+.3g} nats; {why}) ({grade})")
+        grade, why = "ok", f"<= {n(t.ce_delta_ratio_ok)}x or <= +{n(t.ce_delta_excess_ok)} nats"
+    return Line(_DELTA, grade, f"{_DELTA} {n(f)} vs {n(b)} nats on the base ({ratio}, {excess:+.3g} nats; {why}) ({grade})")
 
 
-def _l0_line(b: float | None, f: float | None, d_sae: int | None, fixed: bool, t: Thresholds) -> Line | None:
+def _l0_line(b: float | None, f: float | None, d_sae: int | None, fixed: bool, t: Thresholds,
+             n: Say = _n) -> Line | None:
     if fixed:
-        seen = f" ({_n(f)} vs {_n(b)} on the base, ratio {_n(f / b)})" if f is not None and b else ""
+        seen = f" ({n(f)} vs {n(b)} on the base, ratio {n(f / b)})" if f is not None and b else ""
         return Line(_L0, None, f"{_L0} ratio ignored{seen}: a TopK SAE fixes L0 at k, so it carries no signal")
     if f is None:
         return None
     if b is None:
         if d_sae is None:
-            return Line(_L0, None, f"{_L0} {_n(f)} on the finetune: no base value or d_sae to compare, not counted")
+            return Line(_L0, None, f"{_L0} {n(f)} on the finetune: no base value or d_sae to compare, not counted")
         frac = f / d_sae
-        return _floor_only(_L0 + "/d_sae", frac, frac > t.base_max_l0_fraction, t.base_max_l0_fraction)
+        return _floor_only(_L0 + "/d_sae", frac, frac > t.base_max_l0_fraction, t.base_max_l0_fraction, n=n)
     ratio = f / b  # the gate keeps b >= base_min_l0 > 0
     if 1 / t.l0_ratio_ok <= ratio <= t.l0_ratio_ok:
-        grade, band = "ok", f"within [{_n(1 / t.l0_ratio_ok)}, {_n(t.l0_ratio_ok)}]"
+        grade, band = "ok", f"within [{n(1 / t.l0_ratio_ok)}, {n(t.l0_ratio_ok)}]"
     elif 1 / t.l0_ratio_bad <= ratio <= t.l0_ratio_bad:
-        grade, band = "weak", f"outside [{_n(1 / t.l0_ratio_ok)}, {_n(t.l0_ratio_ok)}]"
+        grade, band = "weak", f"outside [{n(1 / t.l0_ratio_ok)}, {n(t.l0_ratio_ok)}]"
     else:
-        grade, band = "bad", f"outside [{_n(1 / t.l0_ratio_bad)}, {_n(t.l0_ratio_bad)}]"
-    return Line(_L0, grade, f"{_L0} {_n(f)} vs {_n(b)} on the base (ratio {_n(ratio)} {band}) ({grade})")
+        grade, band = "bad", f"outside [{n(1 / t.l0_ratio_bad)}, {n(t.l0_ratio_bad)}]"
+    return Line(_L0, grade, f"{_L0} {n(f)} vs {n(b)} on the base (ratio {n(ratio)} {band}) ({grade})")
 
 
 def _native_scores(native: SaeQuality | None, t: Thresholds) -> tuple[float | None, float | None, list[str]]:
@@ -428,7 +440,9 @@ def compared_values(base: SaeQuality, finetune: SaeQuality, native: SaeQuality |
 def _conclude(lines: list[Line], notes: list[str], t: Thresholds) -> VerdictResult:
     """Any bad line -> fails; any weak -> partial; enough ok lines (one EV or KL) -> transfers."""
     graded = [line for line in lines if line.grade is not None]
-    by_grade = {g: [line.metric for line in graded if line.grade == g] for g in ("bad", "weak", "ok")}
+    by_grade: dict[str, list[str]] = {"bad": [], "weak": [], "ok": []}
+    for line in graded:
+        by_grade[line.grade].append(line.metric)
     details = tuple(line.reason for line in lines) + tuple(notes)
     if by_grade["bad"]:
         return VerdictResult("fails", (f"fails: bad on {', '.join(by_grade['bad'])}", *details), tuple(lines))
@@ -447,11 +461,13 @@ def _conclude(lines: list[Line], notes: list[str], t: Thresholds) -> VerdictResu
 
 def decide(*, base: SaeQuality, finetune: SaeQuality, architecture: str, native: SaeQuality | None = None,
            comparable: bool = True, not_comparable_reason: str = "", not_judged_reasons: Sequence[str] = (),
-           thresholds: Thresholds = Thresholds()) -> VerdictResult:
+           thresholds: Thresholds = Thresholds(), explain: bool = True) -> VerdictResult:
     """The verdict for the base SAE on a finetune; see the module docstring for the rules.
 
     `not_judged_reasons` (from the masking floor, `masking.KEPT_FLOOR`) make the verdict `not judged`
     before any metric is read: the SAE is not blamed for what the mask removed.
+    `explain=False`: the same verdict and grades, with the numbers left out of the lines' reasons (a
+    bootstrap replicate's grades are all `decide_with_uncertainty` reads; formatting was half its cost).
     """
     t = thresholds
     if not comparable:
@@ -473,13 +489,14 @@ def decide(*, base: SaeQuality, finetune: SaeQuality, architecture: str, native:
     arch = architecture.strip().lower()
     fixed = "topk" in arch
     native_ce, native_kl, native_flags = _native_scores(native, t)
+    n = _n if explain else _unsaid
     lines = [line for line in (
-        _ev_line(b["explained_variance"], f["explained_variance"], t),
-        _score_line(_KL, b["kl_div_score"], f["kl_div_score"], native_kl, t.base_min_kl_div_score, t),
+        _ev_line(b["explained_variance"], f["explained_variance"], t, n),
+        _score_line(_KL, b["kl_div_score"], f["kl_div_score"], native_kl, t.base_min_kl_div_score, t, n=n),
         _score_line(_CE, b["ce_loss_score"], f["ce_loss_score"], native_ce, t.base_min_ce_loss_score, t,
-                    ceiling=t.max_ce_loss_score),
-        _delta_line(b["ce_delta"], f["ce_delta"], t),
-        _l0_line(b["l0"], f["l0"], d_sae, fixed, t),
+                    ceiling=t.max_ce_loss_score, n=n),
+        _delta_line(b["ce_delta"], f["ce_delta"], t, n),
+        _l0_line(b["l0"], f["l0"], d_sae, fixed, t, n),
     ) if line is not None]
 
     notes = [*d_notes, *ft_flags, *native_flags]
@@ -528,7 +545,7 @@ def decide_with_uncertainty(point: VerdictInputs, replicates: Sequence[VerdictIn
     grades: dict[str, list[str | None]] = {}
     for rep in replicates:
         rep_result = decide(base=rep.base, finetune=rep.finetune, native=rep.native, architecture=architecture,
-                            thresholds=t)
+                            thresholds=t, explain=False)
         by_metric = {line.metric: line.grade for line in rep_result.lines}
         for line in result.lines:
             grades.setdefault(line.metric, []).append(by_metric.get(line.metric))

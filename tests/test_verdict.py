@@ -384,6 +384,17 @@ def test_never_crashes_and_always_explains(base: SaeQuality, finetune: SaeQualit
     json.dumps(result.to_dict(), allow_nan=False)
 
 
+@FAST
+@given(base=ANYTHING, finetune=ANYTHING, native=opt(ANYTHING), architecture=ARCHS)
+def test_unexplained_verdicts_grade_alike(base: SaeQuality, finetune: SaeQuality, native: SaeQuality | None,
+                                          architecture: str) -> None:
+    """`explain=False` (the bootstrap replicates) leaves the numbers out of the reasons, and nothing else."""
+    said, unsaid = (decide(base=base, finetune=finetune, native=native, architecture=architecture, explain=e)
+                    for e in (True, False))
+    assert unsaid.verdict == said.verdict
+    assert [(line.metric, line.grade) for line in unsaid.lines] == [(line.metric, line.grade) for line in said.lines]
+
+
 # ---------------------------------------------------------------------------------------------
 # the masking floor and the bootstrap
 
