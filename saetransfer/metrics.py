@@ -348,7 +348,9 @@ fresh mapping from glibc (allocations above its 32 MiB mmap ceiling always are),
 and would go through memory. Not smaller: the unembedding's matrix product loses efficiency on few rows (on an
 AVX2 host, 2040 x 128 @ 128 x 4096 took 40 ms in 128-row blocks, 29 ms in 512-row ones, 25 ms whole), and at
 2 MiB blocks the zoo's pass took 20.4 s where 4 MiB took 18.0 s (`benchmarks/bench_floor.py`, 32,768 tokens;
-on an AVX-512 host 1, 2 and 8 MiB blocks took the same time within noise). Elsewhere (CUDA) a chunk is one block."""
+on an AMD AVX-512 host 1, 2 and 8 MiB blocks took the same time within noise; on an Intel AVX-512 host, interleaved
+in one process, 2, 4, 8 and 16 MiB took 5.52, 5.54, 5.69 and 5.73 s: the product's gain on more rows is lost in
+the vocabulary-wide passes out of cache). Elsewhere (CUDA) a chunk is one block."""
 MIN_BLOCK_POSITIONS = 128
 """A block holds at least this many positions however wide the vocabulary. Each block's unembedding reads the
 whole d_model x vocab matrix: Gemma's (2048 x 256k, 2 GiB in fp32) read for a block of 4 positions (2^20
