@@ -70,7 +70,8 @@ def test_active_latents_are_the_nonzero_entries_in_row_major_order(feats):
     assert torch.equal(feats.take(active.flat).nan_to_num(), active.value.nan_to_num())
 
 
-@given(matrices(rows=(0, 24), cols=(1, 8), elements=SPARSE), st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+@given(matrices(rows=(0, 24), cols=(1, 8), elements=SPARSE),
+       st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
 def test_finite_rows_is_every_entry_finite(x, dtype):
     x = x.to(dtype)  # fp16 also overflows large FLOATS to inf: more rows to tell apart
     assert torch.equal(metrics.finite_rows(x), torch.isfinite(x).all(-1))
