@@ -1,0 +1,92 @@
+"""What the benchmarks record beside their timings: the targets' bookkeeping (benchmarks/bench_floor.py, pure
+arithmetic on stored runs) and the code measured (benchmarks/machine.py). No timing here."""
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_floor = _load("bench_floor", BENCHMARKS / "bench_floor.py")
+
+
+def _entry(ours: list[float], floor: list[float], n_mb: list[float], big_mb: list[float]) -> dict:
+    median = sorted(ours)[len(ours) // 2] / sorted(floor)[len(floor) // 2]
+    return {"runs_wall_cpu_s": {"ours": [[o, 2 * o] for o in ours], "floor": [[f, 2 * f] for f in floor]},
+            "ours_over_floor": median, "post_over_ours": 3.0, "peak_runs_mb": {"n": n_mb, "8n": big_mb},
+            "peak_8n_over_n": sorted(big_mb)[1] / sorted(n_mb)[1]}
+
+
+def test_a_median_that_meets_a_target_does_not_hide_a_repeat_that_misses_it():
+    # paired ratios 1.10, 1.40, 1.05: the ratio of medians (11.0 / 10.0 = 1.10) meets <= 1.15, one repeat does not
+    out = bench_floor.with_targets(_entry([11.0, 14.0, 10.5], [10.0, 10.0, 10.0], [100, 100, 100], [90, 95, 120]))
+    t = out["targets"]["ours_over_floor"]
+    assert t["met"] is True and t["met_by_every_run"] is False
+    assert t["runs"] == pytest.approx([1.10, 1.40, 1.05])
+    assert t["runs_range"] == pytest.approx([1.05, 1.40])
+    assert out["ours_over_floor_runs"] == t["runs"]
+    peak = out["targets"]["peak_8n_over_n"]
+    assert peak["runs"] == pytest.approx([0.90, 0.95, 1.20]) and peak["met_by_every_run"] is False
+    assert "runs" not in out["targets"]["post_over_ours"]  # one post run per measurement: no repeats to range over
+
+
+def test_targets_follow_their_direction_and_rederiving_changes_nothing():
+    out = bench_floor.with_targets(_entry([9.0, 9.5, 9.2], [10.0, 10.0, 10.0], [100, 100, 100], [100, 101, 99]))
+    assert all(t["met"] for t in out["targets"].values())
+    assert out["targets"]["ours_over_floor"]["met_by_every_run"] is True
+    assert bench_floor.with_targets({**out, "post_over_ours": 1.5})["targets"]["post_over_ours"]["met"] is False
+    assert bench_floor.with_targets(out) == out
+
+
+def test_an_entry_without_runs_still_gets_its_targets():
+    out = bench_floor.with_targets({"ours_over_floor": 1.2})
+    assert out["targets"]["ours_over_floor"] == {"target": "<= 1.15", "value": 1.2, "met": False}
+    assert out["targets"]["post_over_ours"]["met"] is None  # not measured
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git executable")
+def test_the_code_state_names_the_commit_and_what_differs_from_it(tmp_path):
+    repo = tmp_path / "checkout"
+    (repo / "benchmarks" / "results").mkdir(parents=True)
+    (repo / "saetransfer").mkdir()
+    shutil.copy(BENCHMARKS / "machine.py", repo / "benchmarks" / "machine.py")
+    for f in ("saetransfer/engine.py", "benchmarks/results/floor.json", "README.md"):
+        (repo / f).write_text("v1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    machine = _load("machine_under_test", repo / "benchmarks" / "machine.py")
+    head = _git(repo, "rev-parse", "HEAD").strip()
+    assert machine.code_state() == {"commit": head, "modified": []}
+    for f in ("saetransfer/engine.py", "benchmarks/results/floor.json", "README.md"):
+        (repo / f).write_text("v2\n")
+    (repo / "saetransfer" / "new.py").write_text("")
+    # the engine's files count, results files and the rest of the tree do not
+    assert machine.code_state() == {"commit": head, "modified": ["saetransfer/engine.py", "saetransfer/new.py"]}
+
+
+def test_a_copied_tree_records_no_commit(tmp_path):
+    copy = tmp_path / "copy" / "benchmarks"  # as on a lent machine: the files without their repository
+    copy.mkdir(parents=True)
+    shutil.copy(BENCHMARKS / "machine.py", copy / "machine.py")
+    if shutil.which("git"):
+        _git(tmp_path, "init", "-q")  # even inside some other repository, with a commit of its own
+        _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--allow-empty", "-qm", "outer")
+    assert _load("machine_copied", copy / "machine.py").code_state() == {"commit": None, "modified": None}
