@@ -27,6 +27,9 @@ the floor interleaved, after the first, cold call):
   (the libraries and models are most of it; the allocator's growth decides the rest).
 - `targets`: each target's value, whether it is met, and for the ratios with repeats each repeat's own
   ratio and whether all of them meet it (`with_targets`).
+- `wall_split`: one more run of each side, wall seconds per part (`WALL_PARTS`: forward, unembedding, logit
+  terms, SAE, and ours' own non-zero search, accumulators and finish), each part's time exclusive of the
+  parts it calls, "rest" making up the wall time: what ours adds and where the floor pays more.
 - `breakdown`: cProfile of one run of ours and one of the floor (process CPU time, so other load on a
   shared machine does not land in it), every function's own time charged to a group by `function_group`
   and built-ins to their callers, so it follows the code through refactors of engine.py's internals.
@@ -726,6 +729,96 @@ def _profiled(fn: Callable[[], Any]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------
+# where the time goes: wall seconds, part by part, on both sides
+
+WALL_PARTS = {
+    "forward": "TransformerLens forwards and ln_final, the unembedding aside",
+    "unembed": "the unembedding's products with W_U: the floor's whole [batch, pos, vocab] logits, ours per block",
+    "logit_terms": "log-softmax and the sums over the vocabulary: the floor's CE; ours' CE and KL terms",
+    "sae": "SAE encode and decode",
+    "nonzero": "finding each encoding's non-zero latents (ours only)",
+    "accumulators": "the per-row, per-latent and similarity sums of each batch (ours only)",
+    "finish": "after the pass: bootstrap, verdicts, feature transfer, the results (ours only)",
+    "rest": "everything else: masks, splicing, the tokenizer checks, Python between the parts",
+}
+
+
+def _wall_functions() -> dict[str, list[tuple[Any, str]]]:
+    """The functions each part of `WALL_PARTS` times, on both sides ("rest" is what they leave)."""
+    import floor
+    from transformer_lens import HookedTransformer
+    from transformer_lens.components import Unembed
+
+    from saetransfer import engine, metrics
+
+    return {"forward": [(HookedTransformer, "forward"), (engine, "_final_normed")],
+            "unembed": [(Unembed, "forward"), (engine, "_unembed")],
+            "logit_terms": [(metrics, "downstream_terms"), (floor, "_ce")],
+            "sae": [(engine, "_encode"), (floor, "_reconstruct")],
+            "nonzero": [(metrics.ActiveLatents, "of")], "accumulators": [(engine, "_accumulate")],
+            "finish": [(engine, "_finish")]}
+
+
+class _WallSplit:
+    """Exclusive wall time of `_wall_functions` while in the block: a call's time less that of the timed calls
+    inside it (the floor's unembedding runs inside its forward, ours inside the logit terms). On CUDA each
+    boundary synchronises, so the split is of work done, not of work queued."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.seconds = dict.fromkeys(WALL_PARTS, 0.0)
+        self._inner: list[float] = []  # per open timed call: the time of the timed calls inside it
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def _timed(self, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        from floor import synchronize
+
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            synchronize(self.device)
+            start = time.perf_counter()
+            self._inner.append(0.0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                synchronize(self.device)
+                elapsed, inner = time.perf_counter() - start, self._inner.pop()
+                self.seconds[part] += elapsed - inner
+                if self._inner:
+                    self._inner[-1] += elapsed
+        return timed
+
+    def __enter__(self) -> _WallSplit:
+        for part, functions in _wall_functions().items():
+            for owner, name in functions:
+                raw = vars(owner).get(name)
+                self._saved.append((owner, name, raw))
+                timed = self._timed(part, getattr(owner, name))  # a classmethod comes bound to its class
+                setattr(owner, name, staticmethod(timed) if isinstance(raw, classmethod) else timed)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for owner, name, raw in reversed(self._saved):
+            if raw is None:  # it was inherited: uncover it again
+                delattr(owner, name)
+            else:
+                setattr(owner, name, raw)
+
+
+def wall_split(fn: Callable[[], Any], device: str) -> dict[str, float]:
+    """Wall seconds per part of `WALL_PARTS` in one call of `fn`; "rest" makes them add up to its wall time."""
+    from floor import synchronize
+
+    with _WallSplit(device) as split:
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        total = time.perf_counter() - start
+    return {**split.seconds, "rest": total - sum(v for k, v in split.seconds.items() if k != "rest")}
+
+
+# ---------------------------------------------------------------------------------------------
 # one measurement
 
 
@@ -841,6 +934,14 @@ def measure(pair_id: str, dataset: str | None, axes: str, n_tokens: int, *, gpu:
                    post_n_compared=len(compared), post_mismatches=mismatches)
 
     if profile:
+        split = {k: wall_split(fn, config.device) for k, fn in variants.items()}
+        out["wall_split"] = {
+            "clock": "wall s of one more run of each, exclusive (a part's time excludes the timed calls inside it)",
+            "ours_total": sum(split["ours"].values()), "floor_total": sum(split["floor"].values()),
+            "parts": {p: {"ours": split["ours"][p], "floor": split["floor"][p],
+                          "beyond_floor": split["ours"][p] - split["floor"][p], "what": what}
+                      for p, what in WALL_PARTS.items()},
+        }
         ours_groups = _profiled(ours)
         floor_groups = _profiled(floor)
         out["breakdown"] = {

@@ -90,3 +90,34 @@ def test_a_copied_tree_records_no_commit(tmp_path):
         _git(tmp_path, "init", "-q")  # even inside some other repository, with a commit of its own
         _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--allow-empty", "-qm", "outer")
     assert _load("machine_copied", copy / "machine.py").code_state() == {"commit": None, "modified": None}
+
+
+def test_the_wall_split_charges_each_part_its_own_time_only(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(bench_floor.time, "perf_counter", lambda: clock[0])
+    split = bench_floor._WallSplit("cpu")
+
+    def unembed():
+        clock[0] += 3.0
+
+    timed_unembed = split._timed("unembed", unembed)
+
+    def forward():  # as the floor's: 2 s of blocks around a nested unembedding
+        clock[0] += 1.0
+        timed_unembed()
+        clock[0] += 1.0
+
+    split._timed("forward", forward)()
+    timed_unembed()
+    assert split.seconds["forward"] == 2.0 and split.seconds["unembed"] == 6.0
+
+
+def test_the_wall_split_puts_back_what_it_times():
+    functions = [f for fs in bench_floor._wall_functions().values() for f in fs]
+    before = [vars(owner).get(name) for owner, name in functions]
+    with bench_floor._WallSplit("cpu"):
+        assert all(vars(owner).get(name) is not raw for (owner, name), raw in zip(functions, before))
+    assert [vars(owner).get(name) for owner, name in functions] == before
+    from saetransfer import metrics
+
+    assert isinstance(vars(metrics.ActiveLatents)["of"], classmethod)  # still callable as before
