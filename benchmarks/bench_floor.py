@@ -1017,7 +1017,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own, one per core)")
     parser.add_argument("--no-peak", action="store_true")
     parser.add_argument("--no-post", action="store_true")
-    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--no-profile", action="store_true", help="skip wall_split and breakdown (one more run each)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--child-peak", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
