@@ -24,7 +24,9 @@ the floor interleaved, after the first, cold call):
   and the number of compared metrics are recorded, and the run fails otherwise.
 - `peak_n_mb`, `peak_8n_mb`: RSS high-water of `evaluate_group` at N and 8N tokens, each in a fresh process,
   median of `--repeats` such processes (`peak_runs_mb`): one process's peak varies by about 10 % here
-  (the libraries and models are most of it; the allocator's growth decides the rest).
+  (the libraries and models are most of it; the allocator's growth decides the rest). Beside them, per
+  process, the high-water before the pass and the pass's median and 90th-percentile RSS
+  (`peak_levels_runs_mb`, `pass_p50_8n_over_n`): whether the pass's level grows with the tokens.
 - `targets`: each target's value, whether it is met, and for the ratios with repeats each repeat's own
   ratio and whether all of them meet it (`with_targets`).
 - `wall_split`: one more run of each side, wall seconds per part (`WALL_PARTS`: forward, unembedding, logit
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import cProfile
 import dataclasses
 import functools
@@ -61,8 +64,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -965,12 +969,93 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+PASS_LEVELS = {"pass_p50_mb": 0.5, "pass_p90_mb": 0.9}
+"""Quantiles of the RSS sampled during the pass. A peak is one sample of a transient that spikes by tens of MB
+from batch to batch and process to process, and the highest of 8x as many batches' spikes is higher by chance
+alone; the pass's median and 90th-percentile levels tell whether memory grows with the tokens."""
+RSS_SAMPLE_S = 0.005
+
+
+def pass_levels(samples: list[tuple[float, float]], windows: list[tuple[float, float]]) -> dict[str, float | None]:
+    """`PASS_LEVELS` (nearest rank) of the (time, MB) samples that fall in any (start, end) window; None without
+    samples."""
+    inside = sorted(mb for t, mb in samples if any(start <= t <= end for start, end in windows))
+    return {key: inside[max(0, math.ceil(q * len(inside)) - 1)] if inside else None for key, q in PASS_LEVELS.items()}
+
+
+class _RssTimeline:
+    """This process's RSS every `RSS_SAMPLE_S` on a daemon thread (Linux, /proc/self/statm; nothing elsewhere),
+    the windows of `engine._stream_group` (the pass), and the high-water reached before the first one
+    (imports, models, SAEs, tokens)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self.windows: list[tuple[float, float]] = []
+        self.before_pass_mb: float | None = None
+        self._stop = threading.Event()
+
+    def _sample(self, statm: Path, page_mb: float) -> None:
+        while not self._stop.wait(RSS_SAMPLE_S):
+            self.samples.append((time.perf_counter(), int(statm.read_text().split()[1]) * page_mb))
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        from saetransfer import engine
+
+        stream = engine._stream_group
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if self.before_pass_mb is None:
+                self.before_pass_mb = _peak_rss_mb()
+            start = time.perf_counter()
+            try:
+                return stream(*args, **kwargs)
+            finally:
+                self.windows.append((start, time.perf_counter()))
+
+        statm = Path("/proc/self/statm")
+        sampler = threading.Thread(target=self._sample, args=(statm, os.sysconf("SC_PAGE_SIZE") / 2**20), daemon=True)
+        if statm.exists():
+            sampler.start()
+        engine._stream_group = timed
+        try:
+            yield
+        finally:
+            engine._stream_group = stream
+            self._stop.set()
+            if sampler.is_alive():
+                sampler.join()
+
+
+def peak_fields(runs_n: list[dict[str, Any]], runs_8n: list[dict[str, Any]]) -> dict[str, Any]:
+    """An entry's peak-memory fields from the children's outputs at N and 8N tokens (one per fresh process)."""
+    def median(runs: list[dict[str, Any]], key: str) -> float | None:
+        values = [r.get(key) for r in runs]
+        return None if None in values else statistics.median(values)
+
+    def each(key: str) -> dict[str, list[Any]]:
+        return {"n": [r.get(key) for r in runs_n], "8n": [r.get(key) for r in runs_8n]}
+
+    n_mb, big_mb = median(runs_n, "peak_rss_mb"), median(runs_8n, "peak_rss_mb")
+    n_level, big_level = median(runs_n, "pass_p50_mb"), median(runs_8n, "pass_p50_mb")
+    out = {"peak_n_tokens": runs_n[0]["n_tokens"], "peak_8n_tokens": runs_8n[0]["n_tokens"], "peak_n_mb": n_mb,
+           "peak_8n_mb": big_mb, "peak_8n_over_n": big_mb / n_mb, "peak_runs_mb": each("peak_rss_mb"),
+           "peak_levels_runs_mb": {key: each(key) for key in ("before_pass_mb", *PASS_LEVELS)},
+           "pass_p50_8n_over_n": None if None in (n_level, big_level) else big_level / n_level}
+    if "peak_cuda_mb" in runs_n[0]:
+        out.update(peak_cuda_n_mb=median(runs_n, "peak_cuda_mb"), peak_cuda_8n_mb=median(runs_8n, "peak_cuda_mb"))
+    return out
+
+
 def _peak_child(pair_id: str, dataset: str | None, axes: str, n_tokens: int, gpu: bool) -> None:
     from saetransfer.engine import evaluate_group
 
     pairs, configs = _evaluations(pair_id, dataset, axes, n_tokens, gpu)
-    results = evaluate_group(pairs, configs)
-    out = {"n_tokens": max(r.provenance.n_tokens for r in results.values()), "peak_rss_mb": _peak_rss_mb()}
+    timeline = _RssTimeline()
+    with timeline.watching():
+        results = evaluate_group(pairs, configs)
+    out = {"n_tokens": max(r.provenance.n_tokens for r in results.values()), "peak_rss_mb": _peak_rss_mb(),
+           "before_pass_mb": timeline.before_pass_mb, **pass_levels(timeline.samples, timeline.windows)}
     if gpu:
         import torch
 
@@ -1035,16 +1120,10 @@ def main() -> None:
 
     if not args.no_peak:  # first, each in a fresh process, N and 8N interleaved `--repeats` times
         runs = [(_peak(args, args.peak_tokens), _peak(args, 8 * args.peak_tokens)) for _ in range(args.repeats)]
-        n, big = ({**r[0], "peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in r),
-                   "runs_mb": [x["peak_rss_mb"] for x in r]} for r in zip(*runs))
     out = measure(args.pair, args.dataset, args.axes, args.tokens, gpu=args.gpu, repeats=args.repeats,
                   post=not args.no_post, profile=not args.no_profile)
     if not args.no_peak:
-        out.update(peak_n_tokens=n["n_tokens"], peak_8n_tokens=big["n_tokens"], peak_n_mb=n["peak_rss_mb"],
-                   peak_8n_mb=big["peak_rss_mb"], peak_8n_over_n=big["peak_rss_mb"] / n["peak_rss_mb"],
-                   peak_runs_mb={"n": n["runs_mb"], "8n": big["runs_mb"]})
-        if args.gpu:
-            out.update(peak_cuda_n_mb=n["peak_cuda_mb"], peak_cuda_8n_mb=big["peak_cuda_mb"])
+        out.update(peak_fields([n for n, _ in runs], [big for _, big in runs]))
     import machine
 
     out["machine"] = machine.describe()

@@ -5,6 +5,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,47 @@ def test_the_wall_split_puts_back_what_it_times():
     from saetransfer import metrics
 
     assert isinstance(vars(metrics.ActiveLatents)["of"], classmethod)  # still callable as before
+
+
+def test_the_pass_levels_read_only_the_samples_inside_the_pass():
+    # loading reaches 900 MB before the pass; inside it the level is 700-710 with one 800 MB spike
+    samples = [(0.0, 500.0), (1.0, 900.0), *((2.0 + i / 10, 700.0 + i) for i in range(11)), (3.05, 800.0),
+               (4.0, 950.0)]
+    levels = bench_floor.pass_levels(samples, [(2.0, 3.1)])
+    assert levels == {"pass_p50_mb": 705.0, "pass_p90_mb": 710.0}
+    two = bench_floor.pass_levels(samples, [(2.0, 2.05), (3.9, 4.1)])  # passes of two groups: 700 and 950
+    assert two == {"pass_p50_mb": 700.0, "pass_p90_mb": 950.0}
+    assert bench_floor.pass_levels(samples, []) == {"pass_p50_mb": None, "pass_p90_mb": None}
+
+
+def test_the_peak_fields_take_medians_per_budget_and_keep_every_process():
+    def child(n_tokens, peak, level):
+        return {"n_tokens": n_tokens, "peak_rss_mb": peak, "before_pass_mb": 570.0, "pass_p50_mb": level,
+                "pass_p90_mb": level + 20}
+
+    out = bench_floor.peak_fields([child(16, 870, 710), child(16, 770, 712), child(16, 800, 714)],
+                                  [child(128, 920, 730), child(128, 850, 726), child(128, 860, 728)])
+    assert (out["peak_n_mb"], out["peak_8n_mb"]) == (800, 860) and out["peak_8n_over_n"] == pytest.approx(860 / 800)
+    assert out["peak_runs_mb"] == {"n": [870, 770, 800], "8n": [920, 850, 860]}
+    assert out["peak_levels_runs_mb"]["pass_p50_mb"] == {"n": [710, 712, 714], "8n": [730, 726, 728]}
+    assert out["pass_p50_8n_over_n"] == pytest.approx(728 / 712)
+    older = bench_floor.peak_fields([{"n_tokens": 16, "peak_rss_mb": 800.0}], [{"n_tokens": 128, "peak_rss_mb": 840.0}])
+    assert older["pass_p50_8n_over_n"] is None  # children from before the levels were sampled
+    assert older["peak_levels_runs_mb"]["before_pass_mb"] == {"n": [None], "8n": [None]}
+
+
+def test_the_rss_timeline_watches_the_pass_and_puts_it_back(monkeypatch):
+    from saetransfer import engine
+
+    def stream(*args, **kwargs):
+        time.sleep(0.05)
+        return "result"
+
+    monkeypatch.setattr(engine, "_stream_group", stream)
+    timeline = bench_floor._RssTimeline()
+    with timeline.watching():
+        assert engine._stream_group is not stream and engine._stream_group() == "result"
+    assert engine._stream_group is stream
+    assert len(timeline.windows) == 1 and timeline.before_pass_mb > 0
+    if Path("/proc/self/statm").exists():
+        assert bench_floor.pass_levels(timeline.samples, timeline.windows)["pass_p50_mb"] > 0
