@@ -93,19 +93,33 @@ def compare_summaries(ours: Path, committed: Path = COMMITTED_SUMMARY) -> dict[s
             "pairs": pairs}
 
 
-def run_zoo(work: Path, *, gpu: bool, select: str, workers: int) -> dict[str, Any]:
+def _run(cmd: list[str], log: Path, timeout: float | None, env: dict[str, str] | None = None) -> tuple[int | None, str, str]:
+    """Run `cmd` in the checkout, its output kept in `log`; exit code None when it ran past `timeout` (then
+    the output it had printed is kept, so a step cut short still says how far it got)."""
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as err:
+        code = None
+        stdout, stderr = (x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                          for x in (err.stdout, err.stderr))
+    log.write_text(stdout + stderr)
+    return code, stdout, stderr
+
+
+def run_zoo(work: Path, *, gpu: bool, select: str, workers: int, timeout: float | None = None) -> dict[str, Any]:
     reports, cache = work / "zoo-reports", work / "zoo-cache"
     env = {**os.environ, "SAETRANSFER_REPORTS": str(reports), "SAETRANSFER_CACHE": str(cache)}
     cmd = [sys.executable, "-m", "pytest", "findings", "-k", select, "-q", "-p", "no:cacheprovider",
            *(["--gpu"] if gpu else []), *(["-n", str(workers)] if workers > 1 else [])]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    log = work / "zoo-pytest.log"
-    log.write_text(proc.stdout + proc.stderr)
-    lines = proc.stdout.strip().splitlines() or [""]
-    out: dict[str, Any] = {"command": " ".join(["pytest", *cmd[3:]]), "exit_code": proc.returncode,
+    code, stdout, stderr = _run(cmd, work / "zoo-pytest.log", timeout, env)
+    lines = stdout.strip().splitlines() or [""]
+    out: dict[str, Any] = {"command": " ".join(["pytest", *cmd[3:]]), "exit_code": code,
                            "seconds": time.perf_counter() - start, "pytest_summary": lines[-1],
-                           "output_tail": lines[-40:] if proc.returncode else [], "stderr_tail": proc.stderr[-2000:]}
+                           "output_tail": lines[-40:] if code else [], "stderr_tail": stderr[-2000:]}
+    if code is None:
+        out["error"] = f"timed out after {timeout:.0f} s"
     summary = reports / "summary.csv"
     if summary.exists():
         out["summary_csv"] = str(summary)
@@ -222,6 +236,11 @@ class _Timed:
         return timed
 
 
+def _progress(start: float, message: str) -> None:
+    """One line per phase on stderr (kept in bench.log): where a long or cut-short bench spent its time."""
+    print(f"[{time.perf_counter() - start:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+
 def bench_child(work: Path) -> dict[str, Any]:
     """Floor, then the engine, on one set of loaded models (a fresh process: nothing else in memory)."""
     import torch
@@ -238,15 +257,20 @@ def bench_child(work: Path) -> dict[str, Any]:
     timed.install()
     cuda = device.startswith("cuda")
 
-    start = time.perf_counter()
+    begun = start = time.perf_counter()
     sae = loading.load_sae(pair.sae, device=device)
+    _progress(begun, "SAE loaded")
     load = dict(device=device, dtype=config.torch_dtype, processing=loading.processing_for(sae.model_from_pretrained_kwargs),
                 allow_hub=False, n_ctx=shape["context"])  # as evaluate_pair loads them
-    base, ft = loading.load_model(pair.base, **load), loading.load_model(pair.finetune, **load)
+    base = loading.load_model(pair.base, **load)
+    _progress(begun, "base model loaded")
+    ft = loading.load_model(pair.finetune, **load)
+    _progress(begun, "finetune loaded")
     tok = loading.load_tokenizer(pair.base)
     sample = loading.sample_tokens(pair.dataset, tok, n_tokens=shape["tokens"], context_size=shape["context"],
                                    prepend_bos=True, seed=pair.seed)
     setup = time.perf_counter() - start
+    _progress(begun, f"tokens sampled: {sample.tokens.shape}")
     models_mb = torch.cuda.memory_allocated() / 2**20 if cuda else None
 
     if cuda:
@@ -255,6 +279,7 @@ def bench_child(work: Path) -> dict[str, Any]:
     floor = measure_floor([(base.model, [Splice(sae.sae, layer)]),
                            (ft.model, [Splice(sae.sae, layer), Splice(sae.sae, layer, 1.1)])],
                           sample.tokens, shape["batch_size"], device=device)
+    _progress(begun, f"floor: {floor['seconds']:.2f} s")
     if cuda:
         floor["peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
         torch.cuda.reset_peak_memory_stats()
@@ -265,6 +290,7 @@ def bench_child(work: Path) -> dict[str, Any]:
     if cuda:
         torch.cuda.synchronize()
     total = time.perf_counter() - start
+    _progress(begun, f"ours: {total:.2f} s with its loaders")
     inside = {k: v - before.get(k, 0.0) for k, v in timed.seconds.items() if v - before.get(k, 0.0) > 0}
     reused = timed.model_hits == 2
     ours = {"seconds_total": total, "loader_seconds": inside, "reused_loaded_models": reused,
@@ -283,18 +309,18 @@ def bench_child(work: Path) -> dict[str, Any]:
     }
 
 
-def run_bench(work: Path, shape: dict[str, Any]) -> dict[str, Any]:
+def run_bench(work: Path, shape: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     (work / "pair").mkdir(parents=True, exist_ok=True)
     build_pair(work / "pair", shape)
     built = time.perf_counter() - start
-    proc = subprocess.run([sys.executable, __file__, "--bench-child", str(work / "pair")], cwd=ROOT,
-                          capture_output=True, text=True)
-    (work / "bench.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        return {"error": f"bench child exited {proc.returncode}", "stderr_tail": proc.stderr[-3000:],
-                "build_seconds": built}
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    left = None if timeout is None else max(1.0, timeout - built)
+    code, stdout, stderr = _run([sys.executable, __file__, "--bench-child", str(work / "pair")],
+                                work / "bench.log", left)
+    if code != 0:
+        why = f"timed out after {timeout:.0f} s (build included)" if code is None else f"bench child exited {code}"
+        return {"error": why, "stderr_tail": stderr[-3000:], "build_seconds": built}
+    out = json.loads(stdout.strip().splitlines()[-1])
     out["build_seconds"] = built
     return out
 
@@ -302,12 +328,27 @@ def run_bench(work: Path, shape: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _versions(*names: str) -> dict[str, str]:
+    """The installed versions (a GPU image's own packages are not the CPU venv's pins)."""
+    from importlib import metadata
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
 def _device() -> dict[str, Any]:
     import torch
 
     import machine
 
-    info: dict[str, Any] = {**machine.describe(), "cuda_available": torch.cuda.is_available()}
+    info: dict[str, Any] = {**machine.describe(), "cuda_available": torch.cuda.is_available(),
+                            "packages": _versions("transformers", "sae-lens", "transformer-lens", "pytest",
+                                                  "pytest-xdist", "numpy")}
     if torch.cuda.is_available():
         info.update(name=torch.cuda.get_device_name(0), count=torch.cuda.device_count(), cuda=torch.version.cuda)
     else:
@@ -315,10 +356,26 @@ def _device() -> dict[str, Any]:
     return info
 
 
+def _write(out: dict[str, Any], target: Path, work: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {target}", flush=True)
+    if os.environ.get("OUT"):  # the device tool brings back what is under $OUT
+        dest = Path(os.environ["OUT"])
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(target, dest / target.name)
+        for name in ("zoo-pytest.log", "bench.log", "zoo-reports/summary.csv"):
+            if (work / name).exists():
+                shutil.copy(work / name, dest / name.replace("/", "-"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shape, one zoo pair without --gpu")
-    parser.add_argument("--steps", nargs="+", default=["zoo", "bench"], choices=["zoo", "bench"])
+    parser.add_argument("--steps", nargs="+", default=["zoo", "bench"], choices=["zoo", "bench"],
+                        help="run in this order; the JSON is written after each")
+    parser.add_argument("--deadline", type=float, help="seconds the whole run may take: a step still running "
+                        "then is stopped and records how far it got (for a machine lent by the minute)")
     parser.add_argument("--json", type=Path, help="default: benchmarks/results/gpu.json (gpu-dry-run.json)")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed after)")
     parser.add_argument("--zoo-select", help="pytest -k expression (default: tiny; tiny-gpt2__math with --dry-run)")
@@ -352,26 +409,24 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"device": _device(), "dry_run": args.dry_run, "reference": REFERENCE,
                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    started = time.perf_counter()
+
+    def left() -> float | None:
+        return None if args.deadline is None else max(1.0, args.deadline - (time.perf_counter() - started))
+
     try:
-        if "zoo" in args.steps:
-            select = args.zoo_select or ("tiny-gpt2__math" if args.dry_run else "tiny")
-            # one xdist worker per zoo pair (each pair's findings stay on one worker): 7 on a GPU machine
-            workers = args.zoo_workers if args.zoo_workers is not None else (1 if args.dry_run else min(7, os.cpu_count() or 1))
-            out["zoo"] = run_zoo(work, gpu=not args.dry_run, select=select, workers=workers)
-            print("zoo:", json.dumps({k: v for k, v in out["zoo"].items() if k != "pairs"}), flush=True)
-        if "bench" in args.steps:
-            out["bench"] = run_bench(work, shape)
-            print("bench:", json.dumps(out["bench"]), flush=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {target}")
-        if os.environ.get("OUT"):  # the device tool brings back what is under $OUT
-            dest = Path(os.environ["OUT"])
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copy(target, dest / target.name)
-            for name in ("zoo-pytest.log", "bench.log", "zoo-reports/summary.csv"):
-                if (work / name).exists():
-                    shutil.copy(work / name, dest / name.replace("/", "-"))
+        for step in dict.fromkeys(args.steps):
+            if step == "zoo":
+                select = args.zoo_select or ("tiny-gpt2__math" if args.dry_run else "tiny")
+                # one xdist worker per zoo pair (each pair's findings stay on one worker): 7 on a GPU machine
+                workers = args.zoo_workers if args.zoo_workers is not None else (1 if args.dry_run else min(7, os.cpu_count() or 1))
+                out["zoo"] = run_zoo(work, gpu=not args.dry_run, select=select, workers=workers,
+                                     timeout=left())
+                print("zoo:", json.dumps({k: v for k, v in out["zoo"].items() if k != "pairs"}), flush=True)
+            else:
+                out["bench"] = run_bench(work, shape, timeout=left())
+                print("bench:", json.dumps(out["bench"]), flush=True)
+            _write(out, target, work)  # after each step: a later step cut short loses nothing before it
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
