@@ -34,19 +34,23 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True).stdout
 
 
+def _copied_tree() -> dict[str, Any]:
+    """A tree without its own .git (a lent GPU machine gets the files only): the commit its sender names, if any."""
+    given = os.environ.get("SAETRANSFER_CODE_COMMIT")
+    return {"commit": given, "modified": None, **({"commit_source": "SAETRANSFER_CODE_COMMIT"} if given else {})}
+
+
 def code_state() -> dict[str, Any]:
     """The commit checked out, and the files of the package and the benchmarks that differ from it (results
-    files aside); outside a git checkout (a copied tree, as on a lent GPU machine) the commit is
+    files aside); outside a git checkout of its own (a copied tree, as on a lent GPU machine) the commit is
     $SAETRANSFER_CODE_COMMIT where the sender set it, else None, and `modified` is None."""
     try:
         if Path(_git("rev-parse", "--show-toplevel").strip()).resolve() != ROOT:  # a tree copied into another repo
-            return {"commit": None, "modified": None}
+            return _copied_tree()
         commit = _git("rev-parse", "HEAD").strip()
         status = _git("status", "--porcelain", "--", "saetransfer", "benchmarks", ":(exclude)benchmarks/results")
     except (OSError, subprocess.CalledProcessError):
-        # a copied tree (a lent GPU machine gets the files without .git): the commit its sender names, if any
-        given = os.environ.get("SAETRANSFER_CODE_COMMIT")
-        return {"commit": given, "modified": None, **({"commit_source": "SAETRANSFER_CODE_COMMIT"} if given else {})}
+        return _copied_tree()
     return {"commit": commit, "modified": sorted(line[3:] for line in status.splitlines())}
 
 

@@ -22,6 +22,7 @@ def _load(name: str, path: Path):
 
 
 bench_floor = _load("bench_floor", BENCHMARKS / "bench_floor.py")
+run_gpu = _load("run_gpu", BENCHMARKS / "gpu" / "run_gpu.py")
 
 
 def _entry(ours: list[float], floor: list[float], n_mb: list[float], big_mb: list[float]) -> dict:
@@ -83,14 +84,18 @@ def test_the_code_state_names_the_commit_and_what_differs_from_it(tmp_path):
     assert machine.code_state() == {"commit": head, "modified": ["saetransfer/engine.py", "saetransfer/new.py"]}
 
 
-def test_a_copied_tree_records_no_commit(tmp_path):
+def test_a_copied_tree_records_only_the_commit_its_sender_names(tmp_path, monkeypatch):
     copy = tmp_path / "copy" / "benchmarks"  # as on a lent machine: the files without their repository
     copy.mkdir(parents=True)
     shutil.copy(BENCHMARKS / "machine.py", copy / "machine.py")
     if shutil.which("git"):
         _git(tmp_path, "init", "-q")  # even inside some other repository, with a commit of its own
         _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--allow-empty", "-qm", "outer")
-    assert _load("machine_copied", copy / "machine.py").code_state() == {"commit": None, "modified": None}
+    machine = _load("machine_copied", copy / "machine.py")
+    monkeypatch.delenv("SAETRANSFER_CODE_COMMIT", raising=False)
+    assert machine.code_state() == {"commit": None, "modified": None}
+    monkeypatch.setenv("SAETRANSFER_CODE_COMMIT", "a277292")
+    assert machine.code_state() == {"commit": "a277292", "modified": None, "commit_source": "SAETRANSFER_CODE_COMMIT"}
 
 
 def test_the_wall_split_charges_each_part_its_own_time_only(monkeypatch):
@@ -166,3 +171,35 @@ def test_the_rss_timeline_watches_the_pass_and_puts_it_back(monkeypatch):
     assert len(timeline.windows) == 1 and timeline.before_pass_mb > 0
     if Path("/proc/self/statm").exists():
         assert bench_floor.pass_levels(timeline.samples, timeline.windows)["pass_p50_mb"] > 0
+
+
+def test_a_gpu_step_cut_short_keeps_what_it_printed_and_stops_what_it_started(tmp_path):
+    # a lent machine runs a command for minutes: the step past its deadline must leave its progress behind
+    # and no child of it (pytest's xdist workers) running beside the next step
+    pid_file = tmp_path / "child.pid"
+    script = ("import subprocess, sys, time; print('phase 1 done', flush=True); print('on stderr', file=sys.stderr, "
+              f"flush=True); child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(60)")
+    start = time.perf_counter()
+    code, stdout, stderr = run_gpu._run([sys.executable, "-c", script], tmp_path / "step.log", timeout=3)
+    assert code is None and time.perf_counter() - start < 30
+    assert "phase 1 done" in stdout and "on stderr" in stderr and "phase 1 done" in (tmp_path / "step.log").read_text()
+    child = int(pid_file.read_text())
+    for _ in range(50):  # SIGKILL is delivered at once; the orphan may linger as a zombie until reaped
+        if not _running(child):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the step's child {child} still runs")
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_gpu_step_that_ends_in_time_reports_its_exit_code(tmp_path):
+    code, stdout, _ = run_gpu._run([sys.executable, "-c", "print('ok'); raise SystemExit(3)"], tmp_path / "s.log", 30)
+    assert (code, stdout.strip()) == (3, "ok")

@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -94,15 +95,18 @@ def compare_summaries(ours: Path, committed: Path = COMMITTED_SUMMARY) -> dict[s
 
 
 def _run(cmd: list[str], log: Path, timeout: float | None, env: dict[str, str] | None = None) -> tuple[int | None, str, str]:
-    """Run `cmd` in the checkout, its output kept in `log`; exit code None when it ran past `timeout` (then
-    the output it had printed is kept, so a step cut short still says how far it got)."""
+    """Run `cmd` in the checkout, its output kept in `log`; exit code None when it ran past `timeout`: then it
+    and everything it started (pytest's xdist workers) are stopped, and what it had printed is kept, so a step
+    cut short still says how far it got and leaves nothing running beside the next step."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, to stop as one
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
-    except subprocess.TimeoutExpired as err:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        code: int | None = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
         code = None
-        stdout, stderr = (x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
-                          for x in (err.stdout, err.stderr))
     log.write_text(stdout + stderr)
     return code, stdout, stderr
 
