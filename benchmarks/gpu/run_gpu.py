@@ -126,7 +126,7 @@ def run_zoo(work: Path, *, gpu: bool, select: str, workers: int, timeout: float 
         out["error"] = f"timed out after {timeout:.0f} s"
     summary = reports / "summary.csv"
     if summary.exists():
-        out["summary_csv"] = str(summary)
+        out["summary_csv"] = str(summary.relative_to(work))  # in the scratch folder (--work); $OUT gets a copy
         out.update(compare_summaries(summary))
     else:
         out["error"] = "the run wrote no summary.csv; see the log"
