@@ -123,13 +123,13 @@ def run_zoo(work: Path, *, gpu: bool, select: str, workers: int, timeout: float 
                            "seconds": time.perf_counter() - start, "pytest_summary": lines[-1],
                            "output_tail": lines[-40:] if code else [], "stderr_tail": stderr[-2000:]}
     if code is None:
-        out["error"] = f"timed out after {timeout:.0f} s"
+        out["error"] = f"stopped at the deadline, {timeout:.0f} s after the step began"
     summary = reports / "summary.csv"
     if summary.exists():
         out["summary_csv"] = str(summary.relative_to(work))  # in the scratch folder (--work); $OUT gets a copy
         out.update(compare_summaries(summary))
     else:
-        out["error"] = "the run wrote no summary.csv; see the log"
+        out["error"] = "; ".join(filter(None, [out.get("error"), "the run wrote no summary.csv (see its log)"]))
     return out
 
 
@@ -322,7 +322,8 @@ def run_bench(work: Path, shape: dict[str, Any], timeout: float | None = None) -
     code, stdout, stderr = _run([sys.executable, __file__, "--bench-child", str(work / "pair")],
                                 work / "bench.log", left)
     if code != 0:
-        why = f"timed out after {timeout:.0f} s (build included)" if code is None else f"bench child exited {code}"
+        why = (f"stopped at the deadline: {timeout:.0f} s were left for the step, the build took {built:.0f} s"
+               if code is None else f"bench child exited {code}")
         return {"error": why, "stderr_tail": stderr[-3000:], "build_seconds": built}
     out = json.loads(stdout.strip().splitlines()[-1])
     out["build_seconds"] = built
