@@ -1,5 +1,6 @@
 """What the benchmarks record beside their timings: the targets' bookkeeping (benchmarks/bench_floor.py, pure
-arithmetic on stored runs) and the code measured (benchmarks/machine.py). No timing here."""
+arithmetic on stored runs), the code measured (benchmarks/machine.py) and how the GPU script stops a step at its
+deadline (benchmarks/gpu/run_gpu.py). No timing here."""
 
 import importlib.util
 import shutil
