@@ -1127,9 +1127,13 @@ def main() -> None:
     import machine
 
     out["machine"] = machine.describe()
-    out["allocator"] = {**{k: os.environ.get(k) for k in ALLOCATOR},
+    from saetransfer.offline import HUGE_PAGES
+
+    out["allocator"] = {**{k: os.environ.get(k) for k in (*ALLOCATOR, *HUGE_PAGES)},
                         "why": "glibc allocates from the heap only, in the timing process: neither side pays page "
-                               "faults of fresh mappings (ALLOCATOR in benchmarks/bench_floor.py)"}
+                               "faults of fresh mappings (ALLOCATOR in benchmarks/bench_floor.py); torch's buffers "
+                               "of 2 MiB and more are advised huge pages on both sides, as for users "
+                               "(HUGE_PAGES in saetransfer/offline.py)"}
     out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     entries = json.loads(args.out.read_text()) if args.out.exists() else []

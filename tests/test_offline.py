@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from saetransfer.offline import ALWAYS, HUB_OFFLINE, set_offline_environment
+from saetransfer.offline import ALWAYS, HUB_OFFLINE, HUGE_PAGES, set_offline_environment
 from saetransfer.paths import REPO_ROOT
 
 
@@ -24,6 +24,7 @@ def test_offline_by_default(clean_env: pytest.MonkeyPatch) -> None:
     set_offline_environment()
     assert all(os.environ[v] == "1" for v in HUB_OFFLINE)
     assert os.environ["WANDB_MODE"] == "disabled" and os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    assert all(os.environ[v] == value for v, value in HUGE_PAGES.items())
 
 
 def test_hub_allowed_leaves_hub_variables_unset(clean_env: pytest.MonkeyPatch) -> None:
@@ -66,3 +67,31 @@ def test_xdist_workers_follow_the_controllers_hub_option(tmp_path, hub: bool) ->
     proc = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+_ADVISED = """
+import re, saetransfer.offline as o
+o.set_offline_environment()
+import torch
+live = [torch.empty(2**20) for _ in range(8)]  # 4 MiB each
+maps = re.findall(r"^([0-9a-f]+)-([0-9a-f]+) .*?^VmFlags:(.*?)$", open("/proc/self/smaps").read(), re.M | re.S)
+def advised(ptr):
+    return any(int(lo, 16) <= ptr < int(hi, 16) and "hg" in flags.split() for lo, hi, flags in maps)
+print(sum(advised(t.data_ptr()) for t in live))
+"""
+
+
+@pytest.mark.skipif(not HUGE_PAGES, reason="torch's huge-page switch is Linux-only, and so is the setting")
+@pytest.mark.parametrize("users", [None, "0"], ids=["default", "user-off"])
+def test_torchs_large_cpu_buffers_are_advised_huge_pages_unless_the_user_says_no(users: str | None) -> None:
+    """torch reads THP_MEM_ALLOC_ENABLE once, at its first large allocation: set by the entry points, each buffer of
+    4 MiB lies in a mapping advised MADV_HUGEPAGE (`hg` in its smaps VmFlags; whether the kernel then backs it with
+    huge pages is its policy's call). A user's 0 wins."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if users is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = users
+    proc = subprocess.run([sys.executable, "-c", _ADVISED], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          check=True)
+    assert int(proc.stdout.strip()) == (8 if users is None else 0), proc.stdout
