@@ -1,9 +1,11 @@
-"""The offline environment helper: offline by default, --hub lifts it, a user's setting wins, and it is light."""
+"""The process environment helper: offline by default, --hub lifts it, a user's setting wins, torch's large CPU
+buffers are advised huge pages, and it is light."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,6 +84,8 @@ print(sum(advised(t.data_ptr()) for t in live))
 
 
 @pytest.mark.skipif(not HUGE_PAGES, reason="torch's huge-page switch is Linux-only, and so is the setting")
+@pytest.mark.skipif(not Path("/sys/kernel/mm/transparent_hugepage/enabled").exists(),
+                    reason="this kernel has no transparent huge pages: madvise refuses the advice (torch warns once)")
 @pytest.mark.parametrize("users", [None, "0"], ids=["default", "user-off"])
 def test_torchs_large_cpu_buffers_are_advised_huge_pages_unless_the_user_says_no(users: str | None) -> None:
     """torch reads THP_MEM_ALLOC_ENABLE once, at its first large allocation: set by the entry points, each buffer of
