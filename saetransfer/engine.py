@@ -84,21 +84,23 @@ def _normalisation_warnings(sae: Any) -> list[str]:
     return []
 
 
-@functools.cache  # installed versions do not change under a running process; every result key reads them
-def _installed_versions() -> tuple[tuple[str, str], ...]:
+def installed_version(name: str) -> str:
+    """A distribution's installed version, or "not installed"."""
     from importlib.metadata import PackageNotFoundError, version
 
-    import saetransfer
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
 
-    def installed(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
+
+@functools.cache  # installed versions do not change under a running process; every result key reads them
+def _installed_versions() -> tuple[tuple[str, str], ...]:
+    import saetransfer
 
     names = ("torch", "sae-lens", "transformer-lens", "transformers")
     return (("python", platform.python_version()), ("saetransfer", saetransfer.__version__),
-            *((n, installed(n)) for n in names))
+            *((n, installed_version(n)) for n in names))
 
 
 def library_versions() -> dict[str, str]:

@@ -333,27 +333,16 @@ def run_bench(work: Path, shape: dict[str, Any], timeout: float | None = None) -
 # ---------------------------------------------------------------------------------------------
 
 
-def _versions(*names: str) -> dict[str, str]:
-    """The installed versions (a GPU image's own packages are not the CPU venv's pins)."""
-    from importlib import metadata
-
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "missing"
-    return out
-
-
 def _device() -> dict[str, Any]:
     import torch
 
     import machine
+    from saetransfer.engine import installed_version
 
+    # a GPU image's own packages, not the CPU venv's pins
+    names = ("transformers", "sae-lens", "transformer-lens", "pytest", "pytest-xdist", "numpy")
     info: dict[str, Any] = {**machine.describe(), "cuda_available": torch.cuda.is_available(),
-                            "packages": _versions("transformers", "sae-lens", "transformer-lens", "pytest",
-                                                  "pytest-xdist", "numpy")}
+                            "packages": {n: installed_version(n) for n in names}}
     if torch.cuda.is_available():
         info.update(name=torch.cuda.get_device_name(0), count=torch.cuda.device_count(), cuda=torch.version.cuda)
     else:
